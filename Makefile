@@ -1,0 +1,21 @@
+# The contract other tools rely on: setup, plan STACK=<name>, test.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STACK ?= prod-70b
+
+.PHONY: setup plan test lint bench
+setup:
+	@scripts/bootstrap.sh
+
+plan: setup
+	@$(BIN)/gpuinfra plan $(STACK)
+
+lint: setup
+	$(BIN)/ruff check infra tests benchmarks policies
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/sizing_sweep.py --write docs/benchmarks/sizing.md

@@ -1,0 +1,365 @@
+"""Model architecture from a Hugging Face ``config.json``: parameter groups per layer and the KV-cache layout.
+
+Catalog models store their config.json, so the catalog and ``--model-config PATH`` share this one parser.
+Supported families:
+
+* ``dense-gqa``: Llama, Mistral, Qwen2, Qwen3 (grouped-query attention, dense MLP).
+* ``mla-moe``: DeepSeek-V2/V3/R1 (multi-head latent attention, routed + shared experts).
+
+Parameters are split into groups by how tensor/pipeline/expert parallelism distributes them
+(vLLM's layer classes, sizing-facts.md S9b), so the sizing engine can compute what one GPU holds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from gpuinfra.errors import InputError, Problem
+
+Family = Literal["dense-gqa", "mla-moe"]
+AttentionKind = Literal["GQA", "MLA"]
+
+MODEL_TYPE_FAMILIES: dict[str, Family] = {
+    "llama": "dense-gqa",
+    "mistral": "dense-gqa",
+    "qwen2": "dense-gqa",
+    "qwen3": "dense-gqa",
+    "deepseek_v2": "mla-moe",
+    "deepseek_v3": "mla-moe",
+}
+
+# Native precision from config.json: quantization_config wins over torch_dtype.
+_QUANT_METHOD_PRECISION = {"fp8": "fp8", "awq": "int4-awq", "gptq": "int4-gptq"}
+_TORCH_DTYPE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "bf16"}
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Parameter counts of one transformer layer, grouped by how parallelism splits them."""
+
+    attn_sharded: int  # split across TP ranks by head (q/o, MLA q_b/kv_b)
+    kv_proj: int  # GQA k/v projections: split by KV head, replicated once TP exceeds the KV heads
+    attn_replicated: int  # MLA q_a/kv_a latent projections: every TP rank holds them whole
+    mlp_sharded: int  # dense MLP, or shared experts: split across TP ranks
+    routed_experts: int  # all routed experts: split across EP ranks (or TP-sharded when EP is off)
+    active_routed: int  # routed-expert parameters one token passes through
+    unquantized: int  # norms, biases, router: kept in 16 bits, replicated
+
+    @property
+    def total(self) -> int:
+        return (
+            self.attn_sharded
+            + self.kv_proj
+            + self.attn_replicated
+            + self.mlp_sharded
+            + self.routed_experts
+            + self.unquantized
+        )
+
+    @property
+    def active(self) -> int:
+        return self.total - self.routed_experts + self.active_routed
+
+    @property
+    def non_routed(self) -> int:
+        return self.total - self.routed_experts
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """What sizing needs to know about a model, read from its config.json."""
+
+    model_type: str
+    family: Family
+    native_precision: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int  # GQA: key/value heads; MLA: 1 (the latent is shared by every head, S9b)
+    head_dim: int
+    intermediate: int
+    vocab: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    # MLA
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    qk_nope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    # MoE
+    n_routed_experts: int = 0
+    n_shared_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
+    first_k_dense_replace: int = 0
+    moe_layer_freq: int = 1
+
+    @property
+    def attention(self) -> AttentionKind:
+        return "MLA" if self.family == "mla-moe" else "GQA"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_routed_experts > 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        return self.is_moe and index >= self.first_k_dense_replace and index % self.moe_layer_freq == 0
+
+    @cached_property
+    def layer_params(self) -> tuple[LayerParams, ...]:
+        return tuple(self._layer(i) for i in range(self.layers))
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def lm_head_params(self) -> int:
+        # A tied head reuses the embedding tensor: no extra memory.
+        return 0 if self.tie_word_embeddings else self.vocab * self.hidden
+
+    @cached_property
+    def total_params(self) -> int:
+        return self.embedding_params + self.lm_head_params + self.hidden + sum(p.total for p in self.layer_params)
+
+    @cached_property
+    def active_params(self) -> int:
+        return self.embedding_params + self.lm_head_params + self.hidden + sum(p.active for p in self.layer_params)
+
+    def kv_bytes_per_token_per_layer(self, tensor_parallel: int, kv_bytes: float) -> float:
+        """KV-cache bytes one GPU stores per token per layer.
+
+        GQA: K and V for the KV heads this rank holds; vLLM keeps max(1, kv_heads // TP) heads per rank,
+        replicating rather than splitting further (S9b). MLA: the compressed latent plus the RoPE key,
+        which every TP rank stores whole (it is not a per-head tensor, S9b, S4b).
+        """
+        if self.attention == "MLA":
+            assert self.kv_lora_rank is not None and self.qk_rope_head_dim is not None
+            return (self.kv_lora_rank + self.qk_rope_head_dim) * kv_bytes
+        return 2 * max(1, self.kv_heads // tensor_parallel) * self.head_dim * kv_bytes
+
+    def tensor_parallel_problem(self, tensor_parallel: int) -> str | None:
+        """Why vLLM refuses this TP size for this model, or None when it is valid.
+
+        Heads must split evenly (ModelConfig.verify_with_parallel_config), and for GQA the KV heads must
+        either split evenly or be replicated a whole number of times (QKVParallelLinear: ``divide(tp,
+        kv_heads)`` when TP >= kv_heads, else ``divide(kv_heads, tp)``), S9/S9b.
+        """
+        if self.heads % tensor_parallel:
+            return (
+                f"Total number of attention heads ({self.heads}) must be divisible by "
+                f"tensor parallel size ({tensor_parallel})"
+            )
+        if self.attention == "GQA":
+            kv = self.kv_heads
+            if (tensor_parallel >= kv and tensor_parallel % kv) or (tensor_parallel < kv and kv % tensor_parallel):
+                return (
+                    f"{kv} KV heads can neither be split evenly across nor replicated evenly over "
+                    f"tensor parallel size {tensor_parallel}"
+                )
+        return None
+
+    def valid_tensor_parallel_sizes(self, limit: int) -> list[int]:
+        return [tp for tp in range(1, limit + 1) if self.tensor_parallel_problem(tp) is None]
+
+    def _layer(self, index: int) -> LayerParams:
+        h = self.hidden
+        norms = 2 * h
+        if self.attention == "MLA":
+            assert self.kv_lora_rank is not None and self.qk_rope_head_dim is not None
+            assert self.qk_nope_head_dim is not None and self.v_head_dim is not None
+            qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+            if self.q_lora_rank:
+                q_replicated = h * self.q_lora_rank
+                q_sharded = self.q_lora_rank * self.heads * qk_head
+                norms += self.q_lora_rank
+            else:
+                q_replicated, q_sharded = 0, h * self.heads * qk_head
+            kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            kv_b = self.kv_lora_rank * self.heads * (self.qk_nope_head_dim + self.v_head_dim)
+            o = self.heads * self.v_head_dim * h
+            norms += self.kv_lora_rank
+            attn_sharded, kv_proj, attn_replicated = q_sharded + kv_b + o, 0, q_replicated + kv_a
+        else:
+            q = h * self.heads * self.head_dim
+            o = self.heads * self.head_dim * h
+            kv_proj = 2 * h * self.kv_heads * self.head_dim
+            attn_sharded, attn_replicated = q + o, 0
+            if self.qkv_bias:
+                norms += (self.heads + 2 * self.kv_heads) * self.head_dim
+            if self.qk_norm:
+                norms += 2 * self.head_dim
+        if self.is_moe_layer(index):
+            expert = 3 * h * self.moe_intermediate
+            return LayerParams(
+                attn_sharded=attn_sharded,
+                kv_proj=kv_proj,
+                attn_replicated=attn_replicated,
+                mlp_sharded=self.n_shared_experts * expert,
+                routed_experts=self.n_routed_experts * expert,
+                active_routed=self.experts_per_token * expert,
+                # router weights and its score-correction bias
+                unquantized=norms + self.n_routed_experts * h + self.n_routed_experts,
+            )
+        return LayerParams(
+            attn_sharded=attn_sharded,
+            kv_proj=kv_proj,
+            attn_replicated=attn_replicated,
+            mlp_sharded=3 * h * self.intermediate,
+            routed_experts=0,
+            active_routed=0,
+            unquantized=norms,
+        )
+
+
+def _positive_int(config: dict[str, Any], key: str, problems: list[Problem], *, default: Any = None) -> int:
+    value = config.get(key, default)
+    if value is None:
+        problems.append(Problem(key, "is required"))
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(Problem(key, f"must be a positive integer, got {value!r}"))
+        return 0
+    if value <= 0:
+        problems.append(Problem(key, f"must be a positive integer, got {value}"))
+        return 0
+    return value
+
+
+def _native_precision(config: dict[str, Any], problems: list[Problem]) -> str:
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method"):
+        method = str(quant["quant_method"]).lower()
+        if method in _QUANT_METHOD_PRECISION:
+            return _QUANT_METHOD_PRECISION[method]
+        if method == "compressed-tensors":
+            return "int8"
+        problems.append(
+            Problem(
+                "quantization_config.quant_method",
+                f"unsupported quantization {method!r} (supported: {', '.join(sorted(_QUANT_METHOD_PRECISION))})",
+            )
+        )
+        return "bf16"
+    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    return _TORCH_DTYPE_PRECISION.get(str(dtype), "bf16")
+
+
+def parse_hf_config(config: Any) -> ModelArchitecture:
+    """Build a ModelArchitecture from a config.json dict, reporting every problem at once."""
+    if not isinstance(config, dict):
+        raise InputError([Problem("", f"config.json must hold a JSON object, got {type(config).__name__}")])
+    problems: list[Problem] = []
+    model_type = config.get("model_type")
+    family = MODEL_TYPE_FAMILIES.get(str(model_type))
+    if family is None:
+        problems.append(
+            Problem(
+                "model_type",
+                f"unsupported model_type {model_type!r} (supported: {', '.join(sorted(MODEL_TYPE_FAMILIES))})",
+            )
+        )
+    hidden = _positive_int(config, "hidden_size", problems)
+    layers = _positive_int(config, "num_hidden_layers", problems)
+    heads = _positive_int(config, "num_attention_heads", problems)
+    vocab = _positive_int(config, "vocab_size", problems)
+    intermediate = _positive_int(config, "intermediate_size", problems)
+    max_pos = _positive_int(config, "max_position_embeddings", problems)
+    kv_heads = _positive_int(config, "num_key_value_heads", problems, default=config.get("num_attention_heads"))
+    native = _native_precision(config, problems)
+    common: dict[str, Any] = dict(
+        model_type=str(model_type),
+        native_precision=native,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        vocab=vocab,
+        intermediate=intermediate,
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+    if family == "mla-moe":
+        kv_lora = _positive_int(config, "kv_lora_rank", problems)
+        rope = _positive_int(config, "qk_rope_head_dim", problems)
+        nope = _positive_int(config, "qk_nope_head_dim", problems)
+        v_dim = _positive_int(config, "v_head_dim", problems)
+        q_lora = config.get("q_lora_rank")
+        if q_lora is not None and (isinstance(q_lora, bool) or not isinstance(q_lora, int) or q_lora <= 0):
+            problems.append(Problem("q_lora_rank", f"must be a positive integer or null, got {q_lora!r}"))
+            q_lora = None
+        experts = _positive_int(config, "n_routed_experts", problems)
+        per_token = _positive_int(config, "num_experts_per_tok", problems)
+        moe_inter = _positive_int(config, "moe_intermediate_size", problems)
+        shared = config.get("n_shared_experts", 0) or 0
+        first_dense = config.get("first_k_dense_replace", 0) or 0
+        freq = config.get("moe_layer_freq", 1) or 1
+        if experts and per_token and per_token > experts:
+            problems.append(
+                Problem("num_experts_per_tok", f"{per_token} exceeds n_routed_experts {experts}")
+            )
+        if problems:
+            raise InputError(problems)
+        return ModelArchitecture(
+            family="mla-moe",
+            kv_heads=1,
+            head_dim=nope + rope,
+            q_lora_rank=q_lora,
+            kv_lora_rank=kv_lora,
+            qk_rope_head_dim=rope,
+            qk_nope_head_dim=nope,
+            v_head_dim=v_dim,
+            n_routed_experts=experts,
+            n_shared_experts=int(shared),
+            experts_per_token=per_token,
+            moe_intermediate=moe_inter,
+            first_k_dense_replace=int(first_dense),
+            moe_layer_freq=int(freq),
+            **common,
+        )
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else 0)
+    if heads and kv_heads and heads % kv_heads:
+        problems.append(
+            Problem("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+        )
+    if "head_dim" not in config and hidden and heads and hidden % heads:
+        problems.append(Problem("hidden_size", f"{hidden} is not a multiple of num_attention_heads {heads}"))
+    if problems:
+        raise InputError(problems)
+    return ModelArchitecture(
+        family="dense-gqa",
+        kv_heads=kv_heads,
+        head_dim=int(head_dim),
+        qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+        qk_norm=model_type == "qwen3",
+        **common,
+    )
+
+
+def load_hf_config(path: str | Path) -> ModelArchitecture:
+    """Read and parse a local config.json; every failure is an InputError naming the file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError([Problem("--model-config", f"{file}: no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError([Problem("--model-config", f"{file}: cannot be read ({exc})")]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            [Problem("--model-config", f"{file}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")]
+        ) from None
+    try:
+        return parse_hf_config(data)
+    except InputError as exc:
+        raise InputError(
+            Problem(f"--model-config {file}" + (f": {p.path}" if p.path else ""), p.reason) for p in exc.problems
+        ) from None

@@ -1,0 +1,166 @@
+"""Typed catalog records. Every record names its sources; the loader checks the ids exist."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gpuinfra.architecture import ModelArchitecture, parse_hf_config
+
+
+class CatalogModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(CatalogModel):
+    title: str
+    ref: str
+    status: Literal["sourced", "recalled"] = "sourced"
+
+
+SourceMap = Annotated[dict[str, str], Field(description="What each source id backs: field group -> source id")]
+
+
+class Gpu(CatalogModel):
+    name: str
+    aliases: tuple[str, ...] = ()
+    architecture: Literal["ampere", "ada", "hopper", "blackwell"]
+    compute_capability: str
+    form_factor: Literal["sxm", "pcie", "soc"]
+    memory_gb: float = Field(gt=0, description="Marketing figure (decimal GB)")
+    memory_gib: float = Field(gt=0, description="What the driver / EC2 API reports; the sizing input")
+    memory_bandwidth_gbs: float = Field(gt=0)
+    bf16_dense_tflops: float = Field(gt=0)
+    fp8_dense_tflops: float | None = None
+    fp8_tensor_cores: bool
+    nvlink_gbs_bidir: float | None = None
+    unified_memory: bool = Field(False, description="CPU and GPU share one memory pool (Jetson)")
+    sources: SourceMap
+
+    @model_validator(mode="after")
+    def _fp8_consistent(self) -> Gpu:
+        if self.fp8_tensor_cores != (self.fp8_dense_tflops is not None):
+            raise ValueError(f"{self.name}: fp8_tensor_cores and fp8_dense_tflops disagree")
+        return self
+
+
+class Nvme(CatalogModel):
+    count: int = Field(ge=0)
+    gb_each: float = Field(ge=0)
+
+    @property
+    def total_gb(self) -> float:
+        return self.count * self.gb_each
+
+
+class Network(CatalogModel):
+    peak_gbps: float = Field(gt=0)
+    baseline_gbps: float = Field(gt=0)
+    cards: int = Field(ge=1, description="Network cards; EFA wants one interface per card")
+
+
+class Efa(CatalogModel):
+    supported: bool
+    max_interfaces: int = Field(ge=0)
+
+
+class Price(CatalogModel):
+    usd_per_hour: float | None = Field(None, gt=0)
+    region: str
+    date: dt.date
+    source: str
+    note: str | None = None
+
+
+class InstanceType(CatalogModel):
+    name: str
+    gpu: str
+    gpus: int = Field(ge=1)
+    gpu_memory_gib: float = Field(gt=0)
+    vcpus: int = Field(ge=1)
+    ram_gib: float = Field(gt=0)
+    nvme: Nvme
+    network: Network
+    efa: Efa
+    nvswitch: bool
+    gpu_interconnect: str
+    price: Price
+    sources: SourceMap
+
+    @property
+    def family(self) -> str:
+        return self.name.split(".")[0]
+
+    @model_validator(mode="after")
+    def _efa_consistent(self) -> InstanceType:
+        if self.efa.supported != (self.efa.max_interfaces > 0):
+            raise ValueError(f"{self.name}: efa.supported and efa.max_interfaces disagree")
+        if self.efa.max_interfaces > self.network.cards and self.efa.max_interfaces != self.network.cards:
+            raise ValueError(f"{self.name}: more EFA interfaces than network cards")
+        return self
+
+
+class ModelEntry(CatalogModel):
+    slug: str
+    name: str
+    hf_repo: str
+    published_params_b: float = Field(gt=0)
+    published_active_params_b: float = Field(gt=0)
+    checkpoint_gb: float = Field(gt=0, description="Download size in the native precision (decimal GB)")
+    notes: str | None = None
+    sources: SourceMap
+    config: dict[str, Any]
+
+    @property
+    def architecture(self) -> ModelArchitecture:
+        return _architecture(self)
+
+
+_ARCH_CACHE: dict[int, ModelArchitecture] = {}
+
+
+def _architecture(entry: ModelEntry) -> ModelArchitecture:
+    key = id(entry)
+    if key not in _ARCH_CACHE:
+        _ARCH_CACHE[key] = parse_hf_config(entry.config)
+    return _ARCH_CACHE[key]
+
+
+class Catalog(CatalogModel):
+    sources: dict[str, Source]
+    gpus: tuple[Gpu, ...]
+    instances: tuple[InstanceType, ...]
+    models: tuple[ModelEntry, ...]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Catalog:
+        errors = []
+        gpu_names = {g.name: g for g in self.gpus}
+        for record in (*self.gpus, *self.instances, *self.models):
+            label = getattr(record, "slug", None) or record.name
+            for what, sid in record.sources.items():
+                if sid not in self.sources:
+                    errors.append(f"{label}: source {sid!r} for {what} is not in sources.yaml")
+        for inst in self.instances:
+            if inst.price.source not in self.sources:
+                errors.append(f"{inst.name}: price source {inst.price.source!r} unknown")
+            gpu = gpu_names.get(inst.gpu)
+            if gpu is None:
+                errors.append(f"{inst.name}: GPU {inst.gpu!r} is not in gpus.yaml")
+            elif abs(gpu.memory_gib - inst.gpu_memory_gib) > 0.01:
+                errors.append(
+                    f"{inst.name}: gpu_memory_gib {inst.gpu_memory_gib} disagrees with {gpu.name} {gpu.memory_gib}"
+                )
+        for kind, names in (
+            ("GPU", [g.name.lower() for g in self.gpus] + [a.lower() for g in self.gpus for a in g.aliases]),
+            ("instance", [i.name for i in self.instances]),
+            ("model", [m.slug for m in self.models]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                errors.append(f"duplicate {kind} names or aliases: {', '.join(dupes)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self

@@ -1,0 +1,265 @@
+"""The ``gpuinfra`` command line.
+
+Exit codes (a contract): 0 feasible / options found, 1 nothing feasible (or a mandatory policy
+violation), 2 bad input. Bad input prints one line per problem and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from gpuinfra.errors import InputError, Problem
+
+EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage problems as InputError (exit 2, our format) instead of exiting itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError([Problem("", message)])
+
+
+def _number(text: str | None, flag: str, problems: list[Problem], kind: Callable[[str], Any] = int) -> Any:
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        problems.append(Problem(flag, f"must be a {'whole number' if kind is int else 'number'}, got {text!r}"))
+        return None
+    if value <= 0:
+        problems.append(Problem(flag, f"must be greater than 0, got {text}"))
+        return None
+    return value
+
+
+def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="catalog slug or HF repo id (omit with --model-config)")
+    parser.add_argument("--model-config", metavar="PATH", help="a local Hugging Face config.json")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp8", "int8", "int4-awq", "int4-gptq"])
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
+    parser.add_argument("--context", metavar="TOKENS", help="max_model_len per sequence (default 32768)")
+    parser.add_argument("--concurrency", metavar="N", help="concurrent sequences at full context (default 1)")
+    parser.add_argument("--gpu-memory-utilization", metavar="F", help="vLLM's fraction of GPU memory (0.90)")
+    parser.add_argument("--attention-parallel", choices=["tp", "dp"], default="tp",
+                        help="MLA models: tp replicates the latent KV on every rank, dp partitions sequences")
+    parser.add_argument("--max-num-batched-tokens", metavar="N", help="vLLM token budget per step")
+    parser.add_argument("--tensor-parallel", metavar="N", help="force this TP size")
+    parser.add_argument("--allow-fp8-weight-only", action="store_true",
+                        help="allow FP8 weights on GPUs without FP8 tensor cores (weight-only)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpuinfra", description="Size, plan and validate GPU inference clusters.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    size = commands.add_parser("size", help="can this hardware serve this model? (or: which hardware can)")
+    _add_request_arguments(size)
+    size.add_argument("--instance-type", metavar="T", help="an AWS instance type from the catalog")
+    size.add_argument("--gpu", metavar="SKU", help="an on-prem GPU (with --gpus-per-node)")
+    size.add_argument("--gpus-per-node", metavar="N")
+    size.add_argument("--nodes", metavar="N", help="nodes the model spans (pipeline parallel across them)")
+    size.add_argument("--max-nodes", metavar="N", help="planner: largest node count to consider (default 4)")
+    size.add_argument("--json", action="store_true", help="machine-readable output")
+    plan = commands.add_parser("plan", help="what `pulumi up --stack STACK` would create, offline")
+    plan.add_argument("stack", metavar="STACK")
+    plan.add_argument("--stack-file", metavar="PATH", help="a stack file outside stacks/")
+    plan.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override a field of gpuinfra:cluster (repeatable; dotted paths)")
+    plan.add_argument("--json", action="store_true")
+    catalog = commands.add_parser("catalog", help="list catalog models, GPUs or instance types")
+    catalog.add_argument("kind", choices=["models", "gpus", "instances"])
+    catalog.add_argument("--json", action="store_true")
+    return parser
+
+
+def _request_from_args(args: argparse.Namespace, problems: list[Problem]):
+    from gpuinfra.architecture import load_hf_config
+    from gpuinfra.catalog import find_model
+    from gpuinfra.sizing import ModelSpec, build_request
+
+    model = None
+    if args.model_config:
+        try:
+            arch = load_hf_config(args.model_config)
+            model = ModelSpec(name=args.model or args.model_config, architecture=arch)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    elif args.model:
+        try:
+            model = ModelSpec.from_catalog(find_model(args.model, path="MODEL"))
+        except InputError as exc:
+            problems.extend(exc.problems)
+    else:
+        problems.append(Problem("MODEL", "give a catalog model or --model-config PATH"))
+    fields: dict[str, Any] = {
+        "precision": args.precision,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "attention_parallel": args.attention_parallel,
+        "allow_fp8_weight_only": args.allow_fp8_weight_only,
+    }
+    for key, flag, raw, kind in (
+        ("context_tokens", "--context", args.context, int),
+        ("concurrency", "--concurrency", args.concurrency, int),
+        ("gpu_memory_utilization", "--gpu-memory-utilization", args.gpu_memory_utilization, float),
+        ("max_num_batched_tokens", "--max-num-batched-tokens", args.max_num_batched_tokens, int),
+        ("tensor_parallel", "--tensor-parallel", args.tensor_parallel, int),
+    ):
+        value = _number(raw, flag, problems, kind)
+        if value is not None:
+            fields[key] = value
+    if fields.get("gpu_memory_utilization", 0) > 1:
+        problems.append(Problem("--gpu-memory-utilization", f"must be at most 1, got {args.gpu_memory_utilization}"))
+        del fields["gpu_memory_utilization"]
+    if model is None:
+        return None
+    try:
+        return build_request(model=model, **fields)
+    except InputError as exc:
+        flag_of = {"context_tokens": "--context", "tensor_parallel": "--tensor-parallel",
+                   "attention_parallel": "--attention-parallel"}
+        problems.extend(Problem(flag_of.get(p.path, p.path), p.reason) for p in exc.problems)
+        return None
+
+
+def _size(args: argparse.Namespace, out) -> int:
+    from gpuinfra.catalog import find_gpu, find_instance_type
+    from gpuinfra.sizing import Hardware, evaluate, plan
+
+    problems: list[Problem] = []
+    request = _request_from_args(args, problems)
+    nodes = _number(args.nodes, "--nodes", problems)
+    max_nodes = _number(args.max_nodes, "--max-nodes", problems)
+    gpus_per_node = _number(args.gpus_per_node, "--gpus-per-node", problems)
+    hardware = None
+    if args.instance_type and args.gpu:
+        problems.append(Problem("--gpu", "give either --instance-type or --gpu, not both"))
+    elif args.instance_type:
+        try:
+            instance = find_instance_type(args.instance_type, path="--instance-type")
+            hardware = Hardware.from_instance(instance, nodes or 1)
+        except InputError as exc:
+            problems.extend(exc.problems)
+        if args.gpus_per_node:
+            problems.append(Problem("--gpus-per-node", "comes from the instance type; use it only with --gpu"))
+    elif args.gpu:
+        try:
+            gpu = find_gpu(args.gpu, path="--gpu")
+            if gpus_per_node is None and not args.gpus_per_node:
+                problems.append(Problem("--gpus-per-node", "is required with --gpu"))
+            elif gpus_per_node:
+                hardware = Hardware(gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes or 1)
+        except InputError as exc:
+            problems.extend(exc.problems)
+    elif args.nodes:
+        problems.append(Problem("--nodes", "needs --instance-type or --gpu (the planner uses --max-nodes)"))
+    if (args.instance_type or args.gpu) and args.max_nodes:
+        problems.append(Problem("--max-nodes", "is for the planner; with a hardware choice use --nodes"))
+    if (
+        request is not None
+        and hardware is not None
+        and request.tensor_parallel
+        and request.tensor_parallel > hardware.gpus_per_node
+    ):
+        problems.append(Problem("--tensor-parallel", f"{request.tensor_parallel} exceeds the "
+                                                     f"{hardware.gpus_per_node} GPUs per node"))
+    if problems:
+        raise InputError(problems)
+    assert request is not None
+    if hardware is not None:
+        evaluation = evaluate(request, hardware)
+        if args.json:
+            out.write(evaluation.model_dump_json(indent=2) + "\n")
+        else:
+            from rich.console import Console
+
+            from gpuinfra.render import render_evaluation
+
+            render_evaluation(evaluation, Console(file=out))
+        return EXIT_OK if evaluation.feasible else EXIT_INFEASIBLE
+    result = plan(request, max_nodes=max_nodes or 4)
+    if args.json:
+        out.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        from gpuinfra.render import render_plan
+
+        render_plan(result, Console(file=out))
+    return EXIT_OK if result.options else EXIT_INFEASIBLE
+
+
+def _catalog(args: argparse.Namespace, out) -> int:
+    from gpuinfra.catalog import load_catalog
+
+    catalog = load_catalog()
+    records = {"models": catalog.models, "gpus": catalog.gpus, "instances": catalog.instances}[args.kind]
+    if args.json:
+        out.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    if args.kind == "models":
+        for col in ("slug", "HF repo", "params (B)", "attention", "native"):
+            table.add_column(col)
+        for m in records:
+            a = m.architecture
+            table.add_row(m.slug, m.hf_repo, f"{a.total_params / 1e9:.2f}", a.attention, a.native_precision)
+    elif args.kind == "gpus":
+        for col in ("GPU", "GiB", "GB/s", "BF16 TF", "FP8", "CC"):
+            table.add_column(col)
+        for g in records:
+            table.add_row(g.name, f"{g.memory_gib:g}", f"{g.memory_bandwidth_gbs:g}", f"{g.bf16_dense_tflops:g}",
+                          "yes" if g.fp8_tensor_cores else "no", g.compute_capability)
+    else:
+        for col in ("instance", "GPUs", "vCPU", "RAM GiB", "NVMe GB", "EFA", "$/h"):
+            table.add_column(col)
+        for i in records:
+            table.add_row(i.name, f"{i.gpus} x {i.gpu}", str(i.vcpus), f"{i.ram_gib:g}", f"{i.nvme.total_gb:g}",
+                          str(i.efa.max_interfaces), _price(i.price.usd_per_hour))
+    Console(file=out).print(table)
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace, out) -> int:
+    from gpuinfra.plan import build_plan, render_plan_report
+
+    cluster, report = build_plan(args.stack, args.stack_file, args.sets)
+    if args.json:
+        out.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        render_plan_report(cluster, report, Console(file=out))
+    return EXIT_OK
+
+
+def _price(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {"size": _size, "plan": _plan, "catalog": _catalog}
+
+
+def main(argv: Sequence[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args, out)
+    except InputError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: system packages the tests need (apt), a virtualenv in .venv,
+# the pinned Python dependencies (constraints.txt pins the whole tree) and the project itself.
+# Re-running is a no-op unless pyproject.toml, constraints.txt or scripts/apt-packages.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+PYTHON=${PYTHON:-python3}
+stamp_inputs=(pyproject.toml constraints.txt scripts/apt-packages.txt)
+stamp="$VENV/.setup-$(cat "${stamp_inputs[@]}" | sha256sum | cut -c1-16)"
+if [[ -f "$stamp" ]]; then
+  exit 0
+fi
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+while read -r pkg; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < scripts/apt-packages.txt
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if (( ${#missing[@]} )); then
+  if command -v apt-get >/dev/null; then
+    echo "setup: installing system packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing system packages ${missing[*]} and no apt-get to install them" >&2
+    exit 1
+  fi
+fi
+
+"$PYTHON" - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"setup: Python 3.11+ is required, found {sys.version.split()[0]}")
+PY
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip==25.3
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+rm -f "$VENV"/.setup-*
+touch "$stamp"
+echo "setup: ready ($VENV)"
