@@ -12,7 +12,7 @@ plan: setup
 	@$(BIN)/gpuinfra plan $(STACK)
 
 lint: setup
-	$(BIN)/ruff check infra tests benchmarks policies
+	$(BIN)/ruff check .
 
 test: setup lint
 	$(BIN)/python -m pytest -q
