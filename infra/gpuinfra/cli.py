@@ -71,6 +71,15 @@ def _build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a field of gpuinfra:cluster (repeatable; dotted paths)")
     plan.add_argument("--json", action="store_true")
+    inventory = commands.add_parser("inventory", help="the stack's nodes and serving plan as an Ansible inventory")
+    inventory.add_argument("stack", metavar="STACK")
+    inventory.add_argument("--stack-file", metavar="PATH", help="a stack file outside stacks/")
+    inventory.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")
+    inventory.add_argument("--outputs", metavar="FILE", help="`pulumi stack output --json` of the deployed stack "
+                                                             "(default: the offline plan's outputs)")
+    inventory.add_argument("--hosts", action="append", default=[], metavar="NAME[=TYPE],...",
+                           help="hosts for the static inventory")
+    inventory.add_argument("--output", metavar="DIR", help="write an aws_ec2 inventory source and group_vars")
     catalog = commands.add_parser("catalog", help="list catalog models, GPUs or instance types")
     catalog.add_argument("kind", choices=["models", "gpus", "instances"])
     catalog.add_argument("--json", action="store_true")
@@ -236,7 +245,35 @@ def _plan(args: argparse.Namespace, out) -> int:
     else:
         from rich.console import Console
 
-        render_plan_report(cluster, report, Console(file=out))
+        render_plan_report(cluster, report, Console(file=out, width=160))
+    for violation in report.mandatory_violations:
+        print(f"error: mandatory policy {violation.policy} ({violation.resource or 'stack'}): {violation.message}",
+              file=sys.stderr)
+    return EXIT_INFEASIBLE if report.mandatory_violations else EXIT_OK
+
+
+def _inventory(args: argparse.Namespace, out) -> int:
+    from pathlib import Path
+
+    from gpuinfra.inventory import load_outputs, static_inventory, write_directory
+
+    if args.outputs:
+        if args.sets or args.stack_file:
+            raise InputError([Problem("--outputs", "comes from a deployed stack; --set/--stack-file apply to the "
+                                                   "offline plan only")])
+        outputs = load_outputs(args.outputs)
+    else:
+        from gpuinfra.plan import build_plan
+
+        _, report = build_plan(args.stack, args.stack_file, args.sets)
+        outputs = report.outputs
+    if outputs.get("stack") not in (None, args.stack):
+        raise InputError([Problem("--outputs", f"belong to stack {outputs['stack']}, not {args.stack}")])
+    if args.output:
+        for path in write_directory(outputs, Path(args.output)):
+            out.write(f"wrote {path}\n")
+    else:
+        out.write(static_inventory(outputs, args.hosts))
     return EXIT_OK
 
 
@@ -244,7 +281,8 @@ def _price(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {"size": _size, "plan": _plan, "catalog": _catalog}
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "size": _size, "plan": _plan, "inventory": _inventory, "catalog": _catalog}
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

@@ -7,6 +7,7 @@ resource is declared. Unknown keys are errors (a typo'd key must not silently fa
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from functools import cached_property
 from pathlib import Path
@@ -82,7 +83,10 @@ class CreateVpc(StrictModel):
 class ExistingSubnets(StrictModel):
     mode: Literal["existing"]
     vpc_id: str = Field(pattern=r"^vpc-[0-9a-f]{8,17}$")
-    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(min_length=1)
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(
+        min_length=1, description="Private subnets for the GPU nodes")
+    load_balancer_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(
+        default_factory=list, description="Private subnets in two or more zones for the internal load balancer")
 
 
 Network = Annotated[CreateVpc | ExistingSubnets, Field(discriminator="mode")]
@@ -142,7 +146,10 @@ class ClusterConfig(StrictModel):
     instance_types: list[str] | None = Field(
         None, min_length=1, description="Launchable types, in priority order; default: every type that fits"
     )
-    nodes: int = Field(1, ge=1, le=64, description="Nodes one model copy spans (pipeline parallel)")
+    nodes: int = Field(1, ge=1, le=64, description="Nodes in the pool: model copies x nodes_per_copy")
+    nodes_per_copy: int | None = Field(
+        None, ge=1, le=64, description="Nodes one model copy spans (pipeline parallel over EFA); default: the "
+                                       "fewest that serve the request")
     capacity: Capacity = Field(default_factory=OnDemand)
     region: str = Field("us-east-1")
     availability_zone: str | None = Field(None, description="Required for multi-node (cluster placement group)")
@@ -201,30 +208,59 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
         problems.extend(exc.problems)
     for index, name in enumerate(config.instance_types or []):
         try:
-            instance = find_instance_type(name, path=f"instance_types.{index}")
+            find_instance_type(name, path=f"instance_types.{index}")
         except InputError as exc:
             problems.extend(exc.problems)
-            continue
-        if config.nodes > 1 and not instance.efa.supported:
-            problems.append(Problem(f"instance_types.{index}", f"{name} has no EFA; {config.nodes} nodes need it"))
+    if config.nodes_per_copy:
+        if config.nodes % config.nodes_per_copy:
+            problems.append(Problem("nodes", f"{config.nodes} is not a whole number of copies of "
+                                             f"nodes_per_copy {config.nodes_per_copy}"))
+        problems += spanning_problems(config, config.nodes_per_copy)
     if config.availability_zone and not config.availability_zone.startswith(config.region):
         problems.append(Problem("availability_zone", f"{config.availability_zone} is not in region {config.region}"))
     reserved = isinstance(config.capacity, CapacityReservation | CapacityBlock)
-    if config.nodes > 1 and not config.availability_zone:
-        problems.append(Problem("availability_zone", "is required when nodes > 1: a cluster placement group "
-                                                     "and EFA keep every node in one zone"))
     if reserved and not config.availability_zone:
         problems.append(Problem("availability_zone", "is required with a capacity reservation or block "
                                                      "(it must match the reservation's zone)"))
     if reserved and len(config.instance_types or []) != 1:
         problems.append(Problem("instance_types", "a capacity reservation or block is for exactly one "
                                                   "instance type: name it"))
-    if isinstance(config.network, ExistingSubnets) and config.nodes > 1 and len(config.network.subnet_ids) != 1:
-        problems.append(Problem("network.subnet_ids", "multi-node needs exactly one subnet (one zone)"))
+    if isinstance(config.network, ExistingSubnets) and config.endpoint.enabled and len(
+            set(config.network.load_balancer_subnet_ids)) < 2:
+        problems.append(Problem("network.load_balancer_subnet_ids", "an internal load balancer needs subnets in at "
+                                                                    "least two zones"))
+    if isinstance(config.network, CreateVpc) and config.network.egress == "endpoints" and \
+            config.weights.source.startswith("hf://"):
+        problems.append(Problem("weights.source", "the Hugging Face hub is unreachable with egress: endpoints; stage "
+                                                  "the weights in S3 or use egress: nat"))
     if not config.access.ssm and not config.access.ssh_cidrs:
         problems.append(Problem("access", "enable ssm or give ssh_cidrs: otherwise nothing can configure the nodes"))
     if config.access.ssh_cidrs and not config.access.ssh_key_name:
         problems.append(Problem("access.ssh_key_name", "is required when ssh_cidrs is set"))
+    return problems
+
+
+def spanning_problems(config: ClusterConfig, span: int, *, prefix: str = "") -> list[Problem]:
+    """What a model copy spanning several nodes needs: EFA on every type, one zone (cluster placement group),
+    identical nodes."""
+    if span <= 1:
+        return []
+    problems = []
+    why = f"a model copy spans {span} nodes"
+    for index, name in enumerate(config.instance_types or []):
+        try:
+            instance = find_instance_type(name)
+        except InputError:
+            continue
+        if not instance.efa.supported:
+            problems.append(Problem(f"{prefix}instance_types.{index}", f"{name} has no EFA; {why} and needs it"))
+    if not config.availability_zone:
+        problems.append(Problem(f"{prefix}availability_zone", f"is required: {why}, and a cluster placement group "
+                                                              "and EFA keep them in one zone"))
+    if isinstance(config.network, ExistingSubnets) and len(config.network.subnet_ids) != 1:
+        problems.append(Problem(f"{prefix}network.subnet_ids", f"must be exactly one subnet (one zone): {why}"))
+    if len(config.instance_types or []) > 1:
+        problems.append(Problem(f"{prefix}instance_types", f"give one instance type: {why}, which must be identical"))
     return problems
 
 
@@ -247,9 +283,18 @@ class ResolvedCluster(BaseModel):
         return self.evaluations[0]
 
     @property
+    def nodes_per_copy(self) -> int:
+        return self.primary.nodes
+
+    @property
+    def copies(self) -> int:
+        return self.config.nodes // self.nodes_per_copy
+
+    @property
     def max_cost_per_hour_usd(self) -> float | None:
+        """The whole pool on demand at its most expensive launchable type (an evaluation prices one copy)."""
         costs = [e.cost_per_hour_usd for e in self.evaluations if e.cost_per_hour_usd is not None]
-        return max(costs) if costs else None
+        return round(max(costs) * self.copies, 2) if costs else None
 
 
 def parse_cluster(raw: Any, *, prefix: str = "cluster") -> ClusterConfig:
@@ -280,34 +325,49 @@ def resolve(stack: str, config: ClusterConfig) -> ResolvedCluster:
     except InputError as exc:
         raise InputError(Problem(f"cluster.{p.path}", p.reason) for p in exc.problems) from None
     problems: list[Problem] = []
+    spans = [config.nodes_per_copy] if config.nodes_per_copy else [
+        span for span in range(1, config.nodes + 1) if config.nodes % span == 0]
+    budget = config.hourly_budget_usd
     if config.instance_types:
-        evaluations = []
-        for index, name in enumerate(config.instance_types):
-            evaluation = evaluate(request, Hardware.from_instance(find_instance_type(name), config.nodes))
-            if not evaluation.feasible:
-                problems.extend(Problem(f"cluster.instance_types.{index}", f"{name} x {config.nodes}: {reason}")
-                                for reason in evaluation.reasons)
-            evaluations.append(evaluation)
+        instances = [find_instance_type(name) for name in config.instance_types]
+        for span in spans:
+            evaluations = [evaluate(request, Hardware.from_instance(i, span)) for i in instances]
+            if all(e.feasible for e in evaluations):
+                break
+        for index, evaluation in enumerate(evaluations):
+            problems.extend(Problem(f"cluster.instance_types.{index}", f"{evaluation.instance_type} x {span} "
+                                                                       f"node(s): {reason}")
+                            for reason in evaluation.reasons)
     else:
-        candidates = [
-            evaluate(request, Hardware.from_instance(instance, config.nodes))
-            for instance in load_catalog().instances
-            if config.nodes == 1 or instance.efa.supported
-        ]
-        evaluations = sorted((e for e in candidates if e.feasible),
-                             key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0))
-        if not isinstance(config.capacity, Spot):
-            evaluations = evaluations[:1]  # spot diversifies across every type that fits; else the cheapest
+        for span in spans:
+            candidates = [evaluate(request, Hardware.from_instance(instance, span))
+                          for instance in load_catalog().instances if span == 1 or instance.efa.supported]
+            evaluations = sorted((e for e in candidates if e.feasible and (
+                                     budget is None or (e.cost_per_hour_usd or math.inf) <= budget)),
+                                 key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0))
+            if evaluations:
+                break
+        if not isinstance(config.capacity, Spot) or span > 1:
+            # Spot diversifies across every type that fits; otherwise the cheapest. The nodes of one
+            # multi-node copy must be identical, so they get one type even on spot.
+            evaluations = evaluations[:1]
         if not evaluations:
             problems.append(Problem("cluster.instance_types", f"no catalog instance type serves {config.model} at "
                                                               f"{config.concurrency} x {config.context_tokens} tokens "
-                                                              f"on {config.nodes} node(s); see `gpuinfra size`"))
+                                                              f"on up to {config.nodes} node(s)"
+                                                              + (f" within ${budget:.2f}/h" if budget else "")
+                                                              + "; see `gpuinfra size`"))
+        config_for_span = config.model_copy(update={"instance_types": [e.instance_type for e in evaluations]})
+    if not problems and not config.nodes_per_copy:
+        problems += spanning_problems(config if config.instance_types else config_for_span, span, prefix="cluster.")
     if config.hourly_budget_usd is not None:
-        over = [e for e in evaluations if e.cost_per_hour_usd and e.cost_per_hour_usd > config.hourly_budget_usd]
+        copies = config.nodes // span
+        over = [e for e in evaluations if e.cost_per_hour_usd and e.cost_per_hour_usd * copies > budget]
         for e in over:
             problems.append(Problem("cluster.hourly_budget_usd",
-                                    f"{e.instance_type} x {e.nodes} costs ${e.cost_per_hour_usd:.2f}/h on demand, "
-                                    f"over the ${config.hourly_budget_usd:.2f}/h budget"))
+                                    f"{config.nodes} x {e.instance_type} cost "
+                                    f"${e.cost_per_hour_usd * copies:.2f}/h on demand, "
+                                    f"over the ${budget:.2f}/h budget"))
     if problems:
         raise InputError(problems)
     return ResolvedCluster(stack=stack, config=config, request=request, evaluations=evaluations)

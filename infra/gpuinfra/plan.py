@@ -1,7 +1,8 @@
 """`gpuinfra plan STACK`: what `pulumi up --stack STACK` would do, offline.
 
-Stage 1 (this module today): validate the stack file and size it on every launchable instance type.
-The Pulumi program under mocks (resources, policy violations) extends the same report.
+The stack file is validated and sized on every launchable instance type, then the real Pulumi program
+runs under the mock runtime (gpuinfra.preview) and every registered resource goes through the
+gpu-guardrails policy rules, the same functions the CrossGuard pack runs.
 """
 
 from __future__ import annotations
@@ -16,14 +17,34 @@ from gpuinfra.errors import InputError
 from gpuinfra.sizing import Evaluation
 
 
+class PlannedResource(BaseModel):
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+
+
+class Violation(BaseModel):
+    policy: str
+    enforcement: str
+    message: str
+    resource: str | None
+
+
 class PlanReport(BaseModel):
     stack: str
+    resources: list[PlannedResource]
+    violations: list[Violation]
     cost_per_hour_usd: float | None
     sizing: list[Evaluation]
+    outputs: dict[str, Any]
+
+    @property
+    def mandatory_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.enforcement == "mandatory"]
 
 
-def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None = None) -> tuple[ResolvedCluster,
-                                                                                                   PlanReport]:
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     problems = []
     for text in sets or []:
@@ -34,13 +55,69 @@ def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None
             problems.extend(exc.problems)
     if problems:
         raise InputError(problems)
-    cluster = load_stack(stack, path=Path(stack_file) if stack_file else None, overrides=overrides)
-    report = PlanReport(stack=stack, cost_per_hour_usd=cluster.max_cost_per_hour_usd, sizing=cluster.evaluations)
+    return overrides
+
+
+def resolve_stack(stack: str, stack_file: str | None = None, sets: list[str] | None = None) -> ResolvedCluster:
+    overrides = parse_sets(sets)
+    return load_stack(stack, path=Path(stack_file) if stack_file else None, overrides=overrides)
+
+
+def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None = None) -> tuple[ResolvedCluster,
+                                                                                                   PlanReport]:
+    from gpuinfra.policy_runner import evaluate_policies
+    from gpuinfra.preview import run_offline
+
+    cluster = resolve_stack(stack, stack_file, sets)
+    preview = run_offline(cluster)
+    violations = evaluate_policies(preview.resources, stack=stack)
+    report = PlanReport(
+        stack=stack,
+        resources=[PlannedResource(**r.as_json()) for r in preview.resources],
+        violations=[Violation(**v) for v in violations],
+        cost_per_hour_usd=cluster.max_cost_per_hour_usd,
+        sizing=cluster.evaluations,
+        outputs=preview.outputs,
+    )
     return cluster, report
+
+
+def key_inputs(resource: PlannedResource) -> str:
+    """A one-line summary of the inputs that matter when reading a plan."""
+    inputs = resource.inputs
+    parts = []
+    for key in ("cidrBlock", "availabilityZone", "instanceType", "strategy", "serviceName", "ipProtocol",
+                "cidrIpv4", "fromPort", "loadBalancingAlgorithmType", "internal", "policyArn"):
+        if key in inputs and inputs[key] not in (None, "", []):
+            parts.append(f"{key}={inputs[key]}")
+    if "referencedSecurityGroupId" in inputs:
+        parts.append("from=" + ("self" if inputs["referencedSecurityGroupId"] == inputs.get("securityGroupId")
+                                else "security-group"))
+    interfaces = inputs.get("networkInterfaces")
+    if interfaces:
+        kinds = [i.get("interfaceType") for i in interfaces]
+        parts.append(f"interfaces={len(interfaces)} ({kinds.count('efa')} efa, {kinds.count('efa-only')} efa-only)")
+    if "metadataOptions" in inputs:
+        parts.append(f"httpTokens={inputs['metadataOptions'].get('httpTokens')}")
+    for mapping in inputs.get("blockDeviceMappings") or []:
+        ebs = mapping.get("ebs") or {}
+        parts.append(f"root={ebs.get('volumeSize')}GiB {ebs.get('volumeType')} encrypted={ebs.get('encrypted')}")
+    if "desiredCapacity" in inputs:
+        policy = inputs.get("mixedInstancesPolicy") or {}
+        distribution = policy.get("instancesDistribution") or {}
+        overrides = (policy.get("launchTemplate") or {}).get("overrides") or []
+        parts.append(f"nodes={inputs['desiredCapacity']}")
+        parts.append("types=" + ",".join(o.get("instanceType", "?") for o in overrides))
+        if distribution.get("spotAllocationStrategy"):
+            parts.append(f"spot={distribution['spotAllocationStrategy']} rebalance={inputs.get('capacityRebalance')}")
+        if inputs.get("placementGroup"):
+            parts.append("placement-group")
+    return " ".join(parts)
 
 
 def render_plan_report(cluster: ResolvedCluster, report: PlanReport, console) -> None:
     from rich.table import Table
+    from rich.tree import Tree
 
     from gpuinfra.render import memory_bar
 
@@ -49,6 +126,15 @@ def render_plan_report(cluster: ResolvedCluster, report: PlanReport, console) ->
     console.print(f"[bold]stack {report.stack}[/]: {cfg.model} ({cluster.request.effective_precision.value}), "
                   f"{cfg.concurrency} x {cfg.context_tokens:,} tokens, {cfg.nodes} node(s), "
                   f"capacity {cfg.capacity.type}, {cfg.region}{zone}")
+    tree = Tree(f"[bold]{len(report.resources)} resources[/] (pulumi up would create)")
+    branches: dict[str, Tree] = {}
+    for resource in report.resources:
+        label = f"{resource.type} [cyan]{resource.name}[/] {key_inputs(resource)}".rstrip()
+        parent = branches.get(resource.parent or "", tree) if resource.parent else tree
+        node = parent.add(label)
+        if not resource.type.startswith(("aws:", "pulumi:")):
+            branches[resource.name] = node
+    console.print(tree)
     table = Table(title="Sizing per launchable instance type", title_justify="left")
     for column in ("instance", "layout", "KV/GPU GiB", "max seqs", "$/h"):
         table.add_column(column)
@@ -61,3 +147,8 @@ def render_plan_report(cluster: ResolvedCluster, report: PlanReport, console) ->
     console.print("per GPU on", cluster.primary.instance_type, memory_bar(cluster.primary))
     cost = report.cost_per_hour_usd
     console.print(f"[bold]cost[/]: up to {'n/a' if cost is None else f'${cost:,.2f}'}/h on demand")
+    if not report.violations:
+        console.print("[green]policies[/]: gpu-guardrails, no violations")
+    for v in report.violations:
+        colour = "red" if v.enforcement == "mandatory" else "yellow"
+        console.print(f"[{colour}]{v.enforcement}[/] {v.policy} ({v.resource or 'stack'}): {v.message}")

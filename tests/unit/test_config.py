@@ -41,7 +41,7 @@ def test_absent_instance_types_are_derived_from_the_sizing_engine():
 
 def test_every_problem_is_reported_at_once_with_its_path():
     found = problems({
-        "model": "deepseek-r1-distill-llama-70b", "weights": {"source": "ftp://x"}, "nodes": 2,
+        "model": "deepseek-r1-distill-llama-70b", "weights": {"source": "ftp://x"}, "nodes": 2, "nodes_per_copy": 2,
         "instance_types": ["g6e.xlarge", "p9.large"], "concurrency": -1, "capactiy": {"type": "spot"},
         "access": {"ssh_cidrs": ["0.0.0.0/0"]},
     })
@@ -49,9 +49,10 @@ def test_every_problem_is_reported_at_once_with_its_path():
     assert found["cluster.concurrency"] == "Input should be greater than 0"
     assert found["cluster.capactiy"] == "unknown field (check the spelling)"
     assert "opens SSH to the whole internet" in found["cluster.access.ssh_cidrs"]
-    assert found["cluster.instance_types.0"] == "g6e.xlarge has no EFA; 2 nodes need it"
+    assert found["cluster.instance_types.0"] == "g6e.xlarge has no EFA; a model copy spans 2 nodes and needs it"
     assert "unknown instance type 'p9.large'" in found["cluster.instance_types.1"]
-    assert "is required when nodes > 1" in found["cluster.availability_zone"]
+    assert "is required: a model copy spans 2 nodes" in found["cluster.availability_zone"]
+    assert "give one instance type" in found["cluster.instance_types"]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +67,10 @@ def test_every_problem_is_reported_at_once_with_its_path():
          "cluster.availability_zone", "required with a capacity reservation"),
         ({"region": "us-east-1", "availability_zone": "eu-west-1a"}, "cluster.availability_zone", "not in region"),
         ({"nodes": -2}, "cluster.nodes", "greater than or equal to 1"),
-        ({"hourly_budget_usd": 0.5}, "cluster.hourly_budget_usd", "over the $0.50/h budget"),
+        ({"hourly_budget_usd": 0.5}, "cluster.instance_types", "within $0.50/h"),
+        ({"hourly_budget_usd": 0.5, "instance_types": ["g6.2xlarge"]}, "cluster.hourly_budget_usd",
+         "over the $0.50/h budget"),
+        ({"nodes": 3, "nodes_per_copy": 2}, "cluster.nodes", "not a whole number of copies"),
         ({"access": {"ssm": False}}, "cluster.access", "enable ssm or give ssh_cidrs"),
         ({"network": {"mode": "existing", "vpc_id": "vpc-123"}}, "cluster.network.existing.vpc_id", "pattern"),
         ({"model": "deepseek-r2"}, "cluster.model", "did you mean deepseek-r1"),
@@ -85,3 +89,16 @@ def test_overrides_parse_like_the_cli():
     assert parse_override("capacity.type=spot") == ("capacity.type", "spot")
     with pytest.raises(InputError, match="is not FIELD=VALUE"):
         parse_override("nodes")
+
+
+def test_nodes_are_copies_times_span():
+    """nodes is the pool; the span per copy is the fewest nodes that serve the request, unless given."""
+    single = resolve("t", parse_cluster({**BASE, "nodes": 4}))
+    assert single.nodes_per_copy == 1 and single.copies == 4
+    assert single.max_cost_per_hour_usd == round(4 * single.primary.cost_per_hour_usd, 2)
+    r1 = {"model": "deepseek-r1", "weights": {"source": "s3://bkt/r1"}, "instance_types": ["p5.48xlarge"],
+          "availability_zone": "us-east-1a"}
+    spanning = resolve("t", parse_cluster({**r1, "nodes": 4}))
+    assert spanning.nodes_per_copy == 2 and spanning.copies == 2
+    found = problems({**r1, "availability_zone": None, "nodes": 2})
+    assert "a model copy spans 2 nodes" in found["cluster.availability_zone"]

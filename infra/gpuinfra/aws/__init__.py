@@ -1,0 +1,1 @@
+"""The Pulumi AWS program: one ComponentResource per concept, assembled by `program.declare`."""

@@ -1,0 +1,171 @@
+"""GPU node pool: placement group, one launch template per instance type (its EFA layout differs), and one
+Auto Scaling group. The plan's size does not grow with the node count: the group launches the nodes.
+
+Capacity modes: on-demand (prioritized across the types), spot (capacity-optimized-prioritized across
+every sizing-approved type, capacity rebalancing on), or a capacity reservation / capacity block
+targeted from the launch template.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from gpuinfra.boot import cloud_config
+from gpuinfra.catalog import InstanceType
+from gpuinfra.config import CapacityBlock, CapacityReservation, OnDemand, Spot
+from gpuinfra.efa import efa_interfaces
+from gpuinfra.sizing import Evaluation
+
+# The DLAMI with the NVIDIA driver, Fabric Manager, EFA and NCCL (S16): the Ansible roles then pin versions.
+GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+ROOT_DEVICE = "/dev/sda1"
+BASE_ROOT_GIB = 200  # OS, drivers, CUDA, container images, logs
+
+
+def root_volume_gib(evaluation: Evaluation, instance: InstanceType) -> int:
+    """Weights live on the instance-store RAID when the type has enough; otherwise on the root volume."""
+    if instance.nvme.total_gb * 1e9 / 2**30 >= evaluation.nvme_gib_required:
+        return BASE_ROOT_GIB
+    return BASE_ROOT_GIB + math.ceil(evaluation.nvme_gib_required / 50) * 50
+
+
+def resource_suffix(instance_type: str) -> str:
+    return instance_type.replace(".", "-")
+
+
+@dataclass(frozen=True)
+class GpuNodePoolArgs:
+    instance_types: list[InstanceType]  # priority order
+    evaluations: list[Evaluation]  # the sizing answer for each, same order
+    nodes: int
+    nodes_per_copy: int  # > 1: a copy spans nodes, which then share a cluster placement group
+    capacity: OnDemand | Spot | CapacityReservation | CapacityBlock
+    subnet_ids: list[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    instance_profile_arn: pulumi.Input[str]
+    ami_id: str | None
+    root_volume_gib: int | None
+    ssh_key_name: str | None
+    target_group_arns: list[pulumi.Input[str]]
+    tags: dict[str, str]
+
+
+class GpuNodePool(pulumi.ComponentResource):
+    auto_scaling_group_name: pulumi.Output[str]
+    placement_group_name: pulumi.Output[str] | None
+    launch_template_ids: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: GpuNodePoolArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gpuinfra:aws:GpuNodePool", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        placement_group = None
+        if args.nodes_per_copy > 1:
+            placement_group = aws.ec2.PlacementGroup(f"{name}-cluster", strategy="cluster", tags=args.tags,
+                                                     opts=child)
+        self.placement_group_name = placement_group.name if placement_group else None
+        image_id = args.ami_id or aws.ec2.get_ami_output(
+            most_recent=True, owners=["amazon"],
+            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[GPU_AMI_NAME]),
+                     aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
+            opts=pulumi.InvokeOutputOptions(parent=self)).id
+        user_data = base64.b64encode(cloud_config().encode()).decode()
+        self.launch_template_ids = {}
+        templates = []
+        for instance, evaluation in zip(args.instance_types, args.evaluations, strict=True):
+            template = self._launch_template(name, args, instance, evaluation, image_id, user_data, child)
+            self.launch_template_ids[instance.name] = template.id
+            templates.append((instance, template))
+        group = self._auto_scaling_group(name, args, templates, placement_group, child)
+        self.auto_scaling_group_name = group.name
+        self.register_outputs({
+            "auto_scaling_group_name": self.auto_scaling_group_name,
+            "launch_template_ids": self.launch_template_ids,
+        })
+
+    def _launch_template(self, name: str, args: GpuNodePoolArgs, instance: InstanceType, evaluation: Evaluation,
+                         image_id: pulumi.Input[str], user_data: str,
+                         child: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
+        suffix = resource_suffix(instance.name)
+        interfaces = [aws.ec2.LaunchTemplateNetworkInterfaceArgs(**spec.launch_template_args([args.security_group_id]))
+                      for spec in efa_interfaces(instance)]
+        capacity_reservation = market_options = None
+        if isinstance(args.capacity, CapacityReservation | CapacityBlock):
+            capacity_reservation = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+                capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                    capacity_reservation_id=args.capacity.reservation_id))
+        if isinstance(args.capacity, CapacityBlock):
+            market_options = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+        instance_tags = {**args.tags, "Name": f"{name}-{suffix}", "gpuinfra:instance-type": instance.name}
+        return aws.ec2.LaunchTemplate(
+            f"{name}-{suffix}",
+            description=f"gpuinfra GPU node {instance.name}: TP {evaluation.tensor_parallel} PP "
+                        f"{evaluation.pipeline_parallel} EP {evaluation.expert_parallel}",
+            image_id=image_id,
+            instance_type=instance.name,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=args.instance_profile_arn),
+            key_name=args.ssh_key_name,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2,
+                instance_metadata_tags="enabled"),
+            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=ROOT_DEVICE,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=args.root_volume_gib or root_volume_gib(evaluation, instance), volume_type="gp3",
+                    iops=6000, throughput=500, encrypted="true", delete_on_termination="true"))],
+            network_interfaces=interfaces,
+            capacity_reservation_specification=capacity_reservation,
+            instance_market_options=market_options,
+            monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
+            user_data=user_data,
+            update_default_version=True,
+            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
+                                for kind in ("instance", "volume", "network-interface")],
+            tags={**args.tags, "gpuinfra:instance-type": instance.name},
+            opts=child)
+
+    def _auto_scaling_group(self, name: str, args: GpuNodePoolArgs,
+                            templates: list[tuple[InstanceType, aws.ec2.LaunchTemplate]],
+                            placement_group: aws.ec2.PlacementGroup | None,
+                            child: pulumi.ResourceOptions) -> aws.autoscaling.Group:
+        overrides = [aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(
+            instance_type=instance.name,
+            launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideLaunchTemplateSpecificationArgs(
+                launch_template_id=template.id, version="$Latest"))
+            for instance, template in templates]
+        spot = isinstance(args.capacity, Spot)
+        distribution = aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
+            on_demand_allocation_strategy="prioritized",
+            on_demand_base_capacity=0 if spot else args.nodes,
+            on_demand_percentage_above_base_capacity=0 if spot else 100,
+            spot_allocation_strategy="capacity-optimized-prioritized" if spot else None,
+            spot_max_price=str(args.capacity.max_price_usd_per_hour) if spot and args.capacity.max_price_usd_per_hour
+            else None)
+        first = templates[0][1]
+        mixed = aws.autoscaling.GroupMixedInstancesPolicyArgs(
+            instances_distribution=distribution,
+            launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
+                launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
+                    launch_template_id=first.id, version="$Latest"),
+                overrides=overrides))
+        group_tags = {**args.tags, "Name": f"{name}-node"}
+        return aws.autoscaling.Group(
+            f"{name}-asg",
+            min_size=args.nodes, max_size=args.nodes, desired_capacity=args.nodes,
+            vpc_zone_identifiers=args.subnet_ids,
+            placement_group=placement_group.name if placement_group else None,
+            mixed_instances_policy=mixed,
+            capacity_rebalance=spot,
+            health_check_type="EC2",
+            health_check_grace_period=900,
+            # GPU nodes take minutes to boot and load weights; waiting for capacity would make `pulumi up`
+            # hang on an insufficient-capacity error instead of reporting it.
+            wait_for_capacity_timeout="0",
+            target_group_arns=args.target_group_arns or None,
+            tags=[aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=False)
+                  for key, value in sorted(group_tags.items())],
+            opts=child)

@@ -1,0 +1,117 @@
+"""The contract between provisioning and host configuration: what each node should have (from the
+catalog) and how it should serve (from the sizing engine). Stack outputs carry it; `gpuinfra inventory`
+turns it into Ansible variables; the Ansible roles read it instead of re-deriving anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuinfra.boot import DEFAULT_MOUNT
+from gpuinfra.catalog import InstanceType, find_gpu
+from gpuinfra.config import ResolvedCluster
+from gpuinfra.efa import efa_interfaces
+from gpuinfra.sizing import Evaluation, Precision, SizingRequest
+
+# vLLM's --quantization for weights stored in another precision than the checkpoint's.
+VLLM_QUANTIZATION = {Precision.FP8: "fp8", Precision.INT4_AWQ: "awq", Precision.INT4_GPTQ: "gptq"}
+NODE_GROUP = "gpu_nodes"
+
+
+def expected_hardware(instance: InstanceType) -> dict[str, Any]:
+    gpu = find_gpu(instance.gpu)
+    return {
+        "instance_type": instance.name,
+        "gpu": gpu.name,
+        "gpu_count": instance.gpus,
+        "gpu_memory_gib": gpu.memory_gib,
+        "compute_capability": gpu.compute_capability,
+        "nvswitch": instance.nvswitch,
+        "vcpus": instance.vcpus,
+        "ram_gib": instance.ram_gib,
+        "nvme_count": instance.nvme.count,
+        "nvme_gb_each": instance.nvme.gb_each,
+        "efa_devices": sum(1 for spec in efa_interfaces(instance) if spec.interface_type != "interface"),
+    }
+
+
+def serving_request(request: SizingRequest) -> dict[str, Any]:
+    """The request itself, so a host can be re-sized against the hardware it really has."""
+    return {
+        "model": request.model.name,
+        "precision": request.effective_precision.value,
+        "kv_cache_dtype": request.kv_cache_dtype,
+        "context_tokens": request.context_tokens,
+        "concurrency": request.concurrency,
+        "gpu_memory_utilization": request.gpu_memory_utilization,
+        "attention_parallel": request.attention_parallel,
+    }
+
+
+def serving_plan(request: SizingRequest, evaluation: Evaluation, *, port: int, hf_repo: str | None) -> dict[str, Any]:
+    native = request.model.architecture.native_precision
+    precision = request.effective_precision
+    return {
+        "engine": "vllm",
+        "hf_repo": hf_repo,
+        "served_model_name": request.model.name,
+        "tensor_parallel": evaluation.tensor_parallel,
+        "pipeline_parallel": evaluation.pipeline_parallel,
+        "data_parallel": evaluation.data_parallel,
+        "expert_parallel": evaluation.expert_parallel,
+        "enable_expert_parallel": evaluation.expert_parallel > 1,
+        "replicas_per_node": max(1, evaluation.replicas // max(1, evaluation.nodes)),
+        "nodes": evaluation.nodes,
+        "max_model_len": request.context_tokens,
+        "max_num_seqs": max(1, min(evaluation.max_concurrency_at_context * evaluation.nodes, 1024)),
+        "gpu_memory_utilization": request.gpu_memory_utilization,
+        "max_num_batched_tokens": evaluation.max_num_batched_tokens,
+        "quantization": VLLM_QUANTIZATION.get(precision) if precision.value != native else None,
+        "kv_cache_dtype": request.kv_cache_dtype,
+        "port": port,
+    }
+
+
+def requirements(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "gpus_per_node": evaluation.gpus_per_node,
+        "weights_gib_per_gpu": evaluation.per_gpu.weights_gib,
+        "kv_cache_gib_per_gpu": evaluation.per_gpu.kv_cache_gib,
+        "host_ram_gib": evaluation.host_ram_gib_required,
+        "nvme_gib": evaluation.nvme_gib_required,
+        "vcpus": evaluation.host.vcpus_required,
+        "rdma": evaluation.needs_rdma,
+    }
+
+
+def node_plans(cluster: ResolvedCluster) -> dict[str, dict[str, Any]]:
+    """Per launchable instance type: expected hardware, requirements and the serving plan."""
+    from gpuinfra.catalog import find_model
+
+    hf_repo = find_model(cluster.config.model).hf_repo
+    return {
+        instance.name: {
+            "hardware": expected_hardware(instance),
+            "requirements": requirements(evaluation),
+            "serving": serving_plan(cluster.request, evaluation, port=cluster.config.endpoint.port, hf_repo=hf_repo),
+        }
+        for instance, evaluation in zip(cluster.instance_types, cluster.evaluations, strict=True)
+    }
+
+
+def stack_contract(cluster: ResolvedCluster) -> dict[str, Any]:
+    """Everything the outputs carry that does not depend on a created resource."""
+    config = cluster.config
+    return {
+        "stack": cluster.stack,
+        "region": config.region,
+        "node_tag": {"gpuinfra:stack": cluster.stack},
+        "nodes": config.nodes,
+        "nodes_per_copy": cluster.nodes_per_copy,
+        "copies": cluster.copies,
+        "capacity": config.capacity.type,
+        "instance_types": [i.name for i in cluster.instance_types],
+        "request": serving_request(cluster.request),
+        "weights": {"source": config.weights.source, "revision": config.weights.revision,
+                    "local_dir": f"{DEFAULT_MOUNT}/models"},
+        "node_plans": node_plans(cluster),
+    }
