@@ -70,6 +70,8 @@ def _build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--stack-file", metavar="PATH", help="a stack file outside stacks/")
     plan.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a field of gpuinfra:cluster (repeatable; dotted paths)")
+    plan.add_argument("--policy-config", metavar="FILE",
+                      help="gpu-guardrails config, JSON as for `pulumi up --policy-pack-config`")
     plan.add_argument("--json", action="store_true")
     inventory = commands.add_parser("inventory", help="the stack's nodes and serving plan as an Ansible inventory")
     inventory.add_argument("stack", metavar="STACK")
@@ -239,7 +241,12 @@ def _catalog(args: argparse.Namespace, out) -> int:
 def _plan(args: argparse.Namespace, out) -> int:
     from gpuinfra.plan import build_plan, render_plan_report
 
-    cluster, report = build_plan(args.stack, args.stack_file, args.sets)
+    policy_config = None
+    if args.policy_config:
+        from gpuinfra.inventory import load_json_object
+
+        policy_config = load_json_object(args.policy_config, "--policy-config")
+    cluster, report = build_plan(args.stack, args.stack_file, args.sets, policy_config)
     if args.json:
         out.write(report.model_dump_json(indent=2) + "\n")
     else:

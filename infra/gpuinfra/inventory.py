@@ -93,11 +93,16 @@ def write_directory(outputs: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
-def load_outputs(path: str) -> dict[str, Any]:
+def load_json_object(path: str, flag: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError([Problem("--outputs", f"cannot read {path}: {exc}")]) from None
+        raise InputError([Problem(flag, f"cannot read {path}: {exc}")]) from None
     if not isinstance(data, dict):
-        raise InputError([Problem("--outputs", f"{path} must hold a JSON object (pulumi stack output --json)")])
+        raise InputError([Problem(flag, f"{path} must hold a JSON object")])
     return data
+
+
+def load_outputs(path: str) -> dict[str, Any]:
+    """`pulumi stack output --json` of a deployed stack."""
+    return load_json_object(path, "--outputs")

@@ -63,14 +63,15 @@ def resolve_stack(stack: str, stack_file: str | None = None, sets: list[str] | N
     return load_stack(stack, path=Path(stack_file) if stack_file else None, overrides=overrides)
 
 
-def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None = None) -> tuple[ResolvedCluster,
-                                                                                                   PlanReport]:
-    from gpuinfra.policy_runner import evaluate_policies
+def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None = None,
+               policy_config: dict[str, dict[str, Any]] | None = None) -> tuple[ResolvedCluster, PlanReport]:
+    from gpu_guardrails.offline import run_policies
+
     from gpuinfra.preview import run_offline
 
     cluster = resolve_stack(stack, stack_file, sets)
     preview = run_offline(cluster)
-    violations = evaluate_policies(preview.resources, stack=stack)
+    violations = run_policies(preview.resources, config=policy_config)
     report = PlanReport(
         stack=stack,
         resources=[PlannedResource(**r.as_json()) for r in preview.resources],

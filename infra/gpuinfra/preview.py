@@ -31,6 +31,7 @@ class RecordedResource:
     inputs: dict[str, Any]
     urn: str
     custom: bool
+    id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -104,7 +105,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 parent = request.parent.rsplit("::", 1)[-1]
             inputs = _sync_await(_plain(rpc.deserialize_properties(request.object)))
             self.recorded.append(RecordedResource(type=request.type, name=request.name, parent=parent,
-                                                  inputs=inputs, urn=response.urn, custom=bool(request.custom)))
+                                                  inputs=inputs, urn=response.urn, custom=bool(request.custom),
+                                                  id=response.id or None))
         return response
 
 

@@ -119,3 +119,24 @@ def test_make_plan_path_runs_as_a_real_process():
                             env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, result.stderr
     assert "gpuinfra:aws:GpuNodePool" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_mandatory_violation_exits_1_with_the_reason(capsys):
+    code, out, err = run("plan", "spot-32b", "--set", "instance_types=g6e.12xlarge", "--json", capsys=capsys)
+    assert code == 1
+    violations = json.loads(out)["violations"]
+    assert {(v["policy"], v["enforcement"], v["resource"]) for v in violations} >= {
+        ("spot-diversification", "mandatory", "gpuinfra-spot-32b-nodes-asg"),
+        ("spot-pools-recommended", "advisory", "gpuinfra-spot-32b-nodes-asg")}
+    assert "error: mandatory policy spot-diversification (gpuinfra-spot-32b-nodes-asg): spot with 1 instance" in err
+
+
+def test_policy_config_file_tunes_the_rules(tmp_path, capsys):
+    config = tmp_path / "policy.json"
+    config.write_text(json.dumps({"required-tags": {"required_tags": ["owner", "team"]}}))
+    code, out, _ = run("plan", "dev-7b", "--json", "--policy-config", str(config), capsys=capsys)
+    violations = json.loads(out)["violations"]
+    assert code == 0 and violations and {v["message"] for v in violations} == {"missing tags: team"}
+    config.write_text("[1]")
+    code, _, err = run("plan", "dev-7b", "--policy-config", str(config), capsys=capsys)
+    assert code == 2 and "--policy-config" in err
