@@ -22,9 +22,13 @@ def expected_hardware(instance: InstanceType) -> dict[str, Any]:
     return {
         "instance_type": instance.name,
         "gpu": gpu.name,
+        "gpu_aliases": [gpu.name, *gpu.aliases],
         "gpu_count": instance.gpus,
         "gpu_memory_gib": gpu.memory_gib,
         "compute_capability": gpu.compute_capability,
+        "memory_bandwidth_gbs": gpu.memory_bandwidth_gbs,
+        "bf16_dense_tflops": gpu.bf16_dense_tflops,
+        "nvlink_gbs_bidir": gpu.nvlink_gbs_bidir,
         "nvswitch": instance.nvswitch,
         "vcpus": instance.vcpus,
         "ram_gib": instance.ram_gib,
@@ -74,6 +78,9 @@ def serving_plan(request: SizingRequest, evaluation: Evaluation, *, port: int, h
 def requirements(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "gpus_per_node": evaluation.gpus_per_node,
+        "gpus_needed_per_node": min(evaluation.gpus_per_node, evaluation.tensor_parallel
+                                    * evaluation.pipeline_parallel * evaluation.data_parallel
+                                    // max(1, evaluation.nodes)),
         "weights_gib_per_gpu": evaluation.per_gpu.weights_gib,
         "kv_cache_gib_per_gpu": evaluation.per_gpu.kv_cache_gib,
         "host_ram_gib": evaluation.host_ram_gib_required,
