@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import yaml
+
 from gpuinfra.errors import InputError, Problem
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -83,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
                            help="hosts for the static inventory")
     inventory.add_argument("--output", metavar="DIR", help="write an aws_ec2 inventory source and group_vars")
     catalog = commands.add_parser("catalog", help="list catalog models, GPUs or instance types")
-    catalog.add_argument("kind", choices=["models", "gpus", "instances"])
+    catalog.add_argument("kind", choices=["models", "gpus", "instances", "software"])
     catalog.add_argument("--json", action="store_true")
     return parser
 
@@ -208,6 +210,11 @@ def _catalog(args: argparse.Namespace, out) -> int:
     from gpuinfra.catalog import load_catalog
 
     catalog = load_catalog()
+    if args.kind == "software":
+        # One pinned stack, not a list: the document the Ansible roles read as gpuinfra_software.
+        software = catalog.software.model_dump(mode="json", exclude={"sources"})
+        out.write(json.dumps(software, indent=2) + "\n" if args.json else yaml.safe_dump(software, sort_keys=False))
+        return EXIT_OK
     records = {"models": catalog.models, "gpus": catalog.gpus, "instances": catalog.instances}[args.kind]
     if args.json:
         out.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")

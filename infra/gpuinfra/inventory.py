@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gpuinfra.catalog import load_catalog
 from gpuinfra.contract import NODE_GROUP
 from gpuinfra.errors import InputError, Problem
 
@@ -34,6 +35,7 @@ def group_vars(outputs: dict[str, Any]) -> dict[str, Any]:
         "gpuinfra_node_plans": outputs["node_plans"],
         "gpuinfra_auto_scaling_group": outputs.get("auto_scaling_group_name"),
         "gpuinfra_endpoint_dns_name": outputs.get("endpoint_dns_name"),
+        "gpuinfra_software": load_catalog().software.model_dump(mode="json", exclude={"sources"}),
     }
     if len(outputs["instance_types"]) == 1:
         variables["gpuinfra_instance_type"] = outputs["instance_types"][0]

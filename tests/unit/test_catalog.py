@@ -24,6 +24,7 @@ def _raw():
         "gpus": read_catalog_file("gpus.yaml")["gpus"],
         "instances": read_catalog_file("instances.yaml")["instances"],
         "models": read_catalog_file("models.yaml")["models"],
+        "software": read_catalog_file("software.yaml")["software"],
     }
 
 
@@ -84,6 +85,12 @@ def test_unknown_names_suggest_the_closest():
         (lambda d: d["instances"][0].update(typo_field=1), "Extra inputs are not permitted"),
         (lambda d: d["instances"][0]["efa"].update(max_interfaces=0), "efa.supported and efa.max_interfaces"),
         (lambda d: d["gpus"][0].update(fp8_dense_tflops=100.0), "fp8_tensor_cores and fp8_dense_tflops disagree"),
+        (lambda d: d["software"]["nvidia_driver"].update(branch="570", version="570.20"),
+         "older than CUDA 12.8 needs \\(570.26\\)"),
+        (lambda d: d["software"]["nvidia_driver"].update(version="570.172.08"), "is not on branch 580"),
+        (lambda d: d["software"]["cuda"].update(version="12.7"), "cuda 12.7 is not in cuda_min_driver"),
+        (lambda d: d["software"]["efa_installer"].update(sha256="abc"), "String should match pattern"),
+        (lambda d: d["software"]["sources"].update(cuda="S99"), "source 'S99' for cuda"),
     ],
 )
 def test_inconsistent_catalog_data_is_rejected(mutate, message):
@@ -91,3 +98,11 @@ def test_inconsistent_catalog_data_is_rejected(mutate, message):
     mutate(data)
     with pytest.raises(ValidationError, match=message):
         Catalog(**data)
+
+
+def test_software_stack_is_one_compatible_set():
+    software = load_catalog().software
+    assert software.nvidia_driver.version.startswith(software.nvidia_driver.branch + ".")
+    needed = software.cuda_min_driver[software.cuda.version]
+    assert tuple(map(int, software.nvidia_driver.version.split("."))) >= tuple(map(int, needed.split(".")))
+    assert set(software.nvidia_repository.distributions) >= {"debian-12", "ubuntu-22.04", "ubuntu-24.04"}

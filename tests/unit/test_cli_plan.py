@@ -82,6 +82,14 @@ def test_inventory_static_form(capsys):
     assert plan["serving"]["tensor_parallel"] == 8 and plan["serving"]["pipeline_parallel"] == 2
     assert plan["hardware"]["gpu_count"] == 8 and plan["hardware"]["efa_devices"] == 32
     assert variables["gpuinfra_request"]["model"] == "deepseek-r1"
+    assert variables["gpuinfra_software"]["nvidia_driver"]["branch"] == "580"
+
+
+def test_catalog_software_is_the_document_the_roles_read(capsys):
+    code, out, _ = run("catalog", "software", "--json", capsys=capsys)
+    software = json.loads(out)
+    assert code == 0 and "sources" not in software
+    assert software["efa_installer"]["sha256"] and software["nvidia_driver"]["version"].startswith("580.")
 
 
 def test_inventory_needs_the_type_of_each_host_when_the_stack_launches_several(capsys):

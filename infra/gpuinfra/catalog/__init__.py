@@ -36,6 +36,7 @@ def load_catalog() -> Catalog:
         gpus=_read("gpus.yaml")["gpus"],
         instances=_read("instances.yaml")["instances"],
         models=_read("models.yaml")["models"],
+        software=_read("software.yaml")["software"],
     )
 
 

@@ -128,18 +128,78 @@ def _architecture(entry: ModelEntry) -> ModelArchitecture:
     return _ARCH_CACHE[key]
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+class NvidiaRepository(CatalogModel):
+    url: str = Field(description="Repository URL with a {distribution} placeholder")
+    key_file: str
+    key_fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
+    distributions: dict[str, str] = Field(description="'<os>-<version>' -> the repository's distribution path")
+
+
+class NvidiaDriver(CatalogModel):
+    branch: str = Field(pattern=r"^[0-9]{3}$")
+    version: str = Field(pattern=r"^[0-9]{3}\.[0-9]+(\.[0-9]+)?$")
+    open_kernel_modules_from: str = Field(description="Lowest compute capability that runs the open modules")
+
+
+class Cuda(CatalogModel):
+    version: str = Field(pattern=r"^[0-9]+\.[0-9]+$")
+    nccl: str
+    cudnn: str
+
+
+class EfaInstaller(CatalogModel):
+    version: str
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ContainerToolkit(CatalogModel):
+    version: str
+
+
+class Software(CatalogModel):
+    """The pinned host stack, installed as one set by the Ansible roles."""
+
+    nvidia_repository: NvidiaRepository
+    nvidia_driver: NvidiaDriver
+    cuda: Cuda
+    cuda_min_driver: dict[str, str]
+    efa_installer: EfaInstaller
+    efa_hugepages_per_core: int = Field(gt=0)
+    nvidia_container_toolkit: ContainerToolkit
+    sources: SourceMap
+
+    @model_validator(mode="after")
+    def _driver_runs_cuda(self) -> Software:
+        needed = self.cuda_min_driver.get(self.cuda.version)
+        if needed is None:
+            raise ValueError(f"cuda {self.cuda.version} is not in cuda_min_driver")
+        if not self.nvidia_driver.version.startswith(self.nvidia_driver.branch + "."):
+            raise ValueError(f"driver {self.nvidia_driver.version} is not on branch {self.nvidia_driver.branch}")
+        if _version_key(self.nvidia_driver.version) < _version_key(needed):
+            raise ValueError(
+                f"driver {self.nvidia_driver.version} is older than CUDA {self.cuda.version} needs ({needed})"
+            )
+        return self
+
+
 class Catalog(CatalogModel):
     sources: dict[str, Source]
     gpus: tuple[Gpu, ...]
     instances: tuple[InstanceType, ...]
     models: tuple[ModelEntry, ...]
+    software: Software
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Catalog:
         errors = []
         gpu_names = {g.name: g for g in self.gpus}
-        for record in (*self.gpus, *self.instances, *self.models):
-            label = getattr(record, "slug", None) or record.name
+        for record in (*self.gpus, *self.instances, *self.models, self.software):
+            label = getattr(record, "slug", None) or getattr(record, "name", "software")
             for what, sid in record.sources.items():
                 if sid not in self.sources:
                     errors.append(f"{label}: source {sid!r} for {what} is not in sources.yaml")
