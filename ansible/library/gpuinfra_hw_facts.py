@@ -136,6 +136,41 @@ def rdma_devices() -> list[str]:
     return sorted(os.listdir(base)) if os.path.isdir(base) else []
 
 
+NVIDIA_VENDOR = "0x10de"
+
+
+def classify_pci(devices: list[tuple[str, str]]) -> dict:
+    """(vendor, class) pairs from sysfs -> NVIDIA GPUs and NVSwitches, visible before any driver is loaded."""
+    gpus = sum(1 for vendor, cls in devices if vendor == NVIDIA_VENDOR and cls[:6] in ("0x0300", "0x0302"))
+    switches = sum(1 for vendor, cls in devices if vendor == NVIDIA_VENDOR and cls[:6] == "0x0680")
+    return {"pci_gpu_count": gpus, "pci_nvswitch_count": switches}
+
+
+def pci_devices() -> list[tuple[str, str]]:
+    base = "/sys/bus/pci/devices"
+    names = sorted(os.listdir(base)) if os.path.isdir(base) else []
+    return [(_read(f"{base}/{n}/vendor").strip(), _read(f"{base}/{n}/class").strip()) for n in names]
+
+
+def parse_cpulist(text: str) -> int:
+    count = 0
+    for part in filter(None, text.strip().split(",")):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def numa_nodes() -> list[dict]:
+    base = "/sys/devices/system/node"
+    names = sorted(n for n in os.listdir(base) if re.match(r"^node\d+$", n)) if os.path.isdir(base) else []
+    return [{"node": int(n[4:]), "cpus": parse_cpulist(_read(f"{base}/{n}/cpulist"))} for n in names]
+
+
+def container_kind() -> str:
+    """systemd's answer to "am I in a container" (nspawn, docker, lxc, ...), or "" on a VM or metal."""
+    return _read("/run/systemd/container").strip()
+
+
 def fabric_manager_state() -> str:
     if not os.path.isdir("/run/systemd/system"):
         return "no-systemd"
@@ -169,6 +204,11 @@ def gather(nvme_model: str) -> dict:
         "fabric_manager": fabric_manager_state(),
         "xid_events": xid_events(kernel_log),
         "memlock_unlimited": memlock == resource.RLIM_INFINITY,
+        **classify_pci(pci_devices()),
+        "numa_nodes": numa_nodes(),
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip() or None,
+        "container": container_kind(),
+        "nr_hugepages": _int(_read("/proc/sys/vm/nr_hugepages").strip()),
         **parse_meminfo(_read("/proc/meminfo")),
     }
     facts["nvme_instance_store"] = [d["device"] for d in facts["nvme"] if d["instance_store"]]

@@ -60,7 +60,7 @@ def test_cpu_only_host_skips_with_a_clear_message(tmp_path):
 def test_a_host_without_gpus_is_refused_unless_declared_cpu_only(tmp_path):
     result = playbook(tmp_path, {"gpuinfra_request": {"model": "deepseek-r1"}})
     assert result.returncode == 2
-    assert "node1 shows no NVIDIA GPU (nvidia-smi is missing or failed)" in result.stdout
+    assert "node1 shows no NVIDIA GPU on PCI and nvidia-smi is missing or failed" in " ".join(result.stdout.split())
 
 
 def test_preflight_refuses_what_the_sizing_engine_refuses(tmp_path):
@@ -84,8 +84,8 @@ def test_acceptance_rejects_a_node_whose_measurements_cannot_run(tmp_path):
     book = tmp_path / "acceptance.yml"
     book.write_text(yaml.safe_dump([{"name": "acceptance", "hosts": "gpu_nodes", "gather_facts": False,
                                      "roles": ["node_validation"]}]))
-    result = playbook(tmp_path, {"gpuinfra_expected_hardware": EXPECTED_H100}, "-e",
-                      "node_validation_python=/bin/false", stand_in_gpu=True, book=book)
+    result = playbook(tmp_path, {"gpuinfra_expected_hardware": EXPECTED_H100, "node_validation_min_driver": "570.26"},
+                      "-e", "node_validation_python=/bin/false", stand_in_gpu=True, book=book)
     joined = " ".join(result.stdout.split())
     assert result.returncode == 2, joined
     assert "node rejected: measurements: exited 1 with no output" in joined

@@ -83,7 +83,13 @@ mount_array() {
     log "$mount_point already mounted"
     return
   fi
-  mount -o noatime "$target" "$mount_point"
+  # systemd may mount the fstab entry (nofail) the moment the new filesystem appears: losing that race is fine.
+  if ! mount -o noatime "$target" "$mount_point"; then
+    mountpoint -q "$mount_point" && [[ "$(readlink -f "$(findmnt -n -o SOURCE --target "$mount_point")")" == \
+      "$(readlink -f "$target")" ]] || die "could not mount $target on $mount_point"
+    log "$mount_point already mounted"
+    return
+  fi
   log "mounted $target on $mount_point"
 }
 

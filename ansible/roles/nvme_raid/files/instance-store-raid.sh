@@ -1,0 +1,1 @@
+../../../../infra/gpuinfra/assets/instance-store-raid.sh

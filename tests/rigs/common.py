@@ -1,0 +1,44 @@
+"""Shell helpers and the cache directory the rigs share."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+CACHE = Path(os.environ.get("GPUINFRA_RIG_CACHE", "/var/tmp/gpuinfra-rigs"))
+SUITE = "bookworm"
+MIRROR = os.environ.get("GPUINFRA_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+class RigError(RuntimeError):
+    pass
+
+
+def sh(*argv: str | os.PathLike, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise RigError(f"{' '.join(map(str, argv))} exited {result.returncode}:\n{result.stdout[-2000:]}"
+                       f"\n{result.stderr[-4000:]}")
+    return result
+
+
+def fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def build_once(directory: Path, build) -> Path:
+    """Build into a temporary sibling and rename, so an interrupted build never looks finished."""
+    if (directory / ".complete").exists():
+        return directory
+    partial = directory.with_name(directory.name + ".partial")
+    if partial.exists():
+        sh("rm", "-rf", "--one-file-system", partial)
+    partial.mkdir(parents=True)
+    build(partial)
+    (partial / ".complete").touch()
+    if directory.exists():
+        sh("rm", "-rf", "--one-file-system", directory)
+    partial.rename(directory)
+    return directory
