@@ -53,7 +53,8 @@ is_forced() {
 # Prints: empty | ours | foreign:<what>
 classify() {
   local dev=$1 type fs_label parts
-  parts=$(lsblk -nro NAME "$dev" | tail -n +2 | head -n 1 || true)
+  # Only partitions count: an assembled array shows up under its members too (TYPE raid0), and that is ours.
+  parts=$(lsblk -nro NAME,TYPE "$dev" | awk '$2 == "part" {print $1; exit}' || true)
   type=$(blkid -p -s TYPE -o value "$dev" 2>/dev/null || true)
   fs_label=$(blkid -p -s LABEL -o value "$dev" 2>/dev/null || true)
   if [[ -z "$type" ]] && blkid -p -s PTTYPE -o value "$dev" >/dev/null 2>&1; then
