@@ -20,3 +20,4 @@ test: setup lint
 bench: setup
 	$(BIN)/python benchmarks/sizing_sweep.py --write docs/benchmarks/sizing.md
 	$(BIN)/python benchmarks/plan_timing.py --write docs/benchmarks/plan.md
+	$(BIN)/python benchmarks/ansible_site.py --write docs/benchmarks/ansible.md

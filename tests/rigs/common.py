@@ -41,4 +41,9 @@ def build_once(directory: Path, build) -> Path:
     if directory.exists():
         sh("rm", "-rf", "--one-file-system", directory)
     partial.rename(directory)
+    # Older builds of the same thing (other inputs) are dead weight in the cache.
+    family = directory.name.rsplit("-", 1)[0]
+    for stale in directory.parent.glob(f"{family}-*"):
+        if stale != directory and stale.is_dir() and (stale / ".complete").exists():
+            sh("rm", "-rf", "--one-file-system", stale, check=False)
     return directory
