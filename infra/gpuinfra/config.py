@@ -133,6 +133,16 @@ class Endpoint(StrictModel):
     port: int = Field(8000, ge=1, le=65535, description="The inference server's port")
 
 
+class Sla(StrictModel):
+    """Service levels the load test and the alert rules compare the running server against."""
+
+    ttft_p99_s: float = Field(2.0, gt=0, description="99th percentile time to first token, seconds")
+    e2e_p99_s: float = Field(60.0, gt=0, description="99th percentile end-to-end request latency, seconds")
+    error_rate: float = Field(0.01, ge=0, le=1, description="Largest acceptable share of failed (5xx) requests")
+    min_output_tokens_per_s: float | None = Field(
+        None, gt=0, description="Aggregate generation throughput floor at the stack's concurrency")
+
+
 class ClusterConfig(StrictModel):
     """`gpuinfra:cluster`: what to serve, where, on what capacity."""
 
@@ -159,6 +169,7 @@ class ClusterConfig(StrictModel):
     ami_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Override the GPU AMI lookup")
     root_volume_gib: int | None = Field(None, ge=100, le=16384, description="Default: sized for images + weights")
     endpoint: Endpoint = Field(default_factory=Endpoint)
+    sla: Sla = Field(default_factory=Sla, description="Latency, error-rate and throughput targets")
     hourly_budget_usd: float | None = Field(None, gt=0, description="Refuse plans whose on-demand cost exceeds it")
     tags: dict[str, str] = Field(default_factory=dict)
 

@@ -121,4 +121,5 @@ def stack_contract(cluster: ResolvedCluster) -> dict[str, Any]:
         "weights": {"source": config.weights.source, "revision": config.weights.revision,
                     "local_dir": f"{DEFAULT_MOUNT}/models"},
         "node_plans": node_plans(cluster),
+        "sla": config.sla.model_dump(mode="json"),
     }

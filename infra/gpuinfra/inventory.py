@@ -35,6 +35,7 @@ def group_vars(outputs: dict[str, Any]) -> dict[str, Any]:
         "gpuinfra_node_plans": outputs["node_plans"],
         "gpuinfra_auto_scaling_group": outputs.get("auto_scaling_group_name"),
         "gpuinfra_endpoint_dns_name": outputs.get("endpoint_dns_name"),
+        "gpuinfra_sla": outputs.get("sla"),
         "gpuinfra_software": load_catalog().software.model_dump(mode="json", exclude={"sources"}),
     }
     if len(outputs["instance_types"]) == 1:

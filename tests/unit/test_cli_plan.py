@@ -83,6 +83,8 @@ def test_inventory_static_form(capsys):
     assert plan["hardware"]["gpu_count"] == 8 and plan["hardware"]["efa_devices"] == 32
     assert variables["gpuinfra_request"]["model"] == "deepseek-r1"
     assert variables["gpuinfra_software"]["nvidia_driver"]["branch"] == "580"
+    assert variables["gpuinfra_sla"] == {"ttft_p99_s": 2.0, "e2e_p99_s": 60.0, "error_rate": 0.01,
+                                         "min_output_tokens_per_s": None}
 
 
 def test_catalog_software_is_the_document_the_roles_read(capsys):

@@ -75,6 +75,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         ({"network": {"mode": "existing", "vpc_id": "vpc-123"}}, "cluster.network.existing.vpc_id", "pattern"),
         ({"model": "deepseek-r2"}, "cluster.model", "did you mean deepseek-r1"),
         ({"context_tokens": 500000}, "cluster.context_tokens", "exceeds the model's max_position_embeddings"),
+        ({"sla": {"error_rate": 2}}, "cluster.sla.error_rate", "less than or equal to 1"),
+        ({"sla": {"p99": 1}}, "cluster.sla.p99", "unknown field"),
     ],
 )
 def test_bad_stack_values_are_rejected_with_their_path(overrides, path, text):
