@@ -139,6 +139,21 @@ def _request_from_args(args: argparse.Namespace, problems: list[Problem]):
         return None
 
 
+def _evaluation_with_serving(request, evaluation) -> dict[str, Any]:
+    """The evaluation plus the serving plan the inference_server role runs (on-prem hosts have no stack)."""
+    from gpuinfra.catalog import find_model
+    from gpuinfra.config import Endpoint
+    from gpuinfra.contract import serving_plan
+
+    try:
+        hf_repo = find_model(request.model.name).hf_repo
+    except InputError:  # a --model-config model: the operator stages its weights
+        hf_repo = None
+    return {**evaluation.model_dump(mode="json"),
+            "serving": serving_plan(request, evaluation, port=Endpoint.model_fields["port"].default,
+                                    hf_repo=hf_repo)}
+
+
 def _size(args: argparse.Namespace, out) -> int:
     from gpuinfra.catalog import find_gpu, find_instance_type
     from gpuinfra.sizing import Hardware, evaluate, plan
@@ -186,7 +201,7 @@ def _size(args: argparse.Namespace, out) -> int:
     if hardware is not None:
         evaluation = evaluate(request, hardware)
         if args.json:
-            out.write(evaluation.model_dump_json(indent=2) + "\n")
+            out.write(json.dumps(_evaluation_with_serving(request, evaluation), indent=2) + "\n")
         else:
             from rich.console import Console
 

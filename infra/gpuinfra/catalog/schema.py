@@ -161,6 +161,17 @@ class ContainerToolkit(CatalogModel):
     version: str
 
 
+class InferenceEngine(CatalogModel):
+    package: str = Field(description="The pip requirement name, extras included")
+    version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)+(\.post[0-9]+)?$")
+
+
+class Monitoring(CatalogModel):
+    dcgm_exporter_image: str = Field(pattern=r"^[\w./-]+:[\w.-]+$", description="Image reference, tag pinned")
+    dcgm_exporter_port: int = Field(gt=0, lt=65536)
+    node_exporter_port: int = Field(gt=0, lt=65536)
+
+
 class Software(CatalogModel):
     """The pinned host stack, installed as one set by the Ansible roles."""
 
@@ -171,6 +182,9 @@ class Software(CatalogModel):
     efa_installer: EfaInstaller
     efa_hugepages_per_core: int = Field(gt=0)
     nvidia_container_toolkit: ContainerToolkit
+    inference_engines: dict[Literal["vllm", "sglang"], InferenceEngine]
+    boto3_version: str
+    monitoring: Monitoring
     sources: SourceMap
 
     @model_validator(mode="after")
