@@ -241,7 +241,7 @@ def build_wheel(target: Path, version: str) -> Path:
     name = f"vllm-{version}-py3-none-any.whl"
     dist = f"vllm-{version}.dist-info"
     files = {
-        "vllm/__init__.py": f'"""STAND-IN vLLM for GPU-less test hosts (gpuinfra tests/rigs)."""\n__version__ = "{version}"\n',
+        "vllm/__init__.py": f'"""STAND-IN vLLM for GPU-less test hosts."""\n__version__ = "{version}"\n',
         "vllm/_standin.py": Path(__file__).read_text(),
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
                             "Summary: STAND-IN for vLLM on GPU-less test hosts\n",

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from gpuinfra.assets import serving_probe
+
 from tests.rigs import standin_engine
 
 

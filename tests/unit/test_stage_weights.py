@@ -12,9 +12,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from gpuinfra.assets import stage_weights
 from moto import mock_aws
 
-from gpuinfra.assets import stage_weights
 from tests.rigs.standin_hub import StandinHub
 
 SCRIPT = Path(stage_weights.__file__)
