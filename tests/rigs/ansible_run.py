@@ -29,6 +29,16 @@ class PlaybookRun:
     def changed(self) -> dict[str, int]:
         return {host: counts["changed"] for host, counts in self.recap.items()}
 
+    def changed_tasks(self) -> list[str]:
+        """'TASK title: host' for every change, to say what a run that should change nothing changed."""
+        found, task = [], ""
+        for line in self.output.splitlines():
+            if line.startswith("TASK ["):
+                task = line.split("]", 1)[0][len("TASK ["):]
+            elif line.startswith("changed: ["):
+                found.append(f"{task}: {line.split('[', 1)[1].split(']', 1)[0]}")
+        return found
+
     def tail(self, lines: int = 80) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
 

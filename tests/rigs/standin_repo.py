@@ -7,6 +7,8 @@
   empty stand-ins built here: they install nothing but a marker, so the roles' repository, pinning, hold and
   version logic runs for real while no kernel module is loaded.
 - `efa/`: a stand-in EFA installer tarball (the real one is fetched from efa-installer.amazonaws.com).
+- `wheels/`: a pip find-links directory standing in for PyPI, holding the stand-in `vllm` wheel at the
+  catalog's pinned version (tests/rigs/standin_engine.py).
 
 Both repositories are signed with a throwaway key made for the test; the roles verify it by fingerprint,
 exactly as they verify NVIDIA's key.
@@ -22,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.rigs import standin_engine
 from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, sh
 
 STANDIN_MARK = "gpuinfra test STAND-IN package: installs no driver, library or binary"
@@ -29,7 +32,8 @@ STANDIN_MARK = "gpuinfra test STAND-IN package: installs no driver, library or b
 # What the roles install from the distribution on a Debian 12 host.
 DEBIAN_PACKAGES = (
     "gnupg", "mdadm", "xfsprogs", "pciutils", "numactl", "rdma-core", "ibverbs-providers", "ibverbs-utils",
-    "infiniband-diags", "containerd", "ca-certificates", "python3-debian",
+    "infiniband-diags", "containerd", "ca-certificates", "python3-debian", "python3-venv", "python3-packaging",
+    "prometheus-node-exporter", "prometheus",
 )
 
 
@@ -161,7 +165,8 @@ def efa_tarball(version: str, target: Path) -> None:
 
 
 def build(base_rootfs: Path, software: dict, distribution: str = "debian12") -> StandinRepos:
-    key = fingerprint(json.dumps(software, sort_keys=True), " ".join(DEBIAN_PACKAGES), SUITE, MIRROR, "repo-v2")
+    key = fingerprint(json.dumps(software, sort_keys=True), " ".join(DEBIAN_PACKAGES), SUITE, MIRROR, "repo-v3",
+                      Path(standin_engine.__file__).read_text())
     directory = CACHE / f"standin-repo-{key}"
 
     def populate(root: Path) -> None:
@@ -188,6 +193,7 @@ def build(base_rootfs: Path, software: dict, distribution: str = "debian12") -> 
         (nvidia / software["nvidia_repository"]["key_file"]).write_text(public_key)
         (root / "efa").mkdir()
         efa_tarball(software["efa_installer"]["version"], root / "efa")
+        standin_engine.build_wheel(root / "wheels", software["inference_engines"]["vllm"]["version"])
         os.chmod(root, 0o755)
 
     build_once(directory, populate)

@@ -94,3 +94,15 @@ def test_load_test_counts_errors():
     ([], 50, None)])
 def test_percentile_is_nearest_rank(values, pct, expected):
     assert serving_probe.percentile(values, pct) == expected
+
+
+def test_wait_returns_once_healthy_and_times_out_otherwise(engine):
+    url, server = engine
+    code, result = probe("wait", url, "--timeout", "10")
+    assert code == 0 and result["healthy"]
+    server.ready.clear()
+    try:
+        code, result = probe("wait", url, "--timeout", "1")
+    finally:
+        server.ready.set()
+    assert code == 1 and result["error"] == "not healthy after 1s: /health answered 503"

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Talk to an OpenAI-compatible inference server (vLLM, SGLang) the way a client does, and measure it.
 
+    serving_probe.py wait URL --timeout S [--unit NAME]
+        polls URL/health until it answers 200; with --unit, gives up as soon as the systemd unit has failed
+        or restarted (a crash loop is not worth waiting out)
     serving_probe.py first URL MODEL [--max-tokens N] [--timeout S]
         one streamed completion: time to first token, end-to-end latency, output tokens
     serving_probe.py load URL MODEL --concurrency C --requests N --max-seconds T [--sla JSON]
@@ -17,6 +20,7 @@ import argparse
 import http.client
 import json
 import math
+import subprocess
 import sys
 import threading
 import time
@@ -80,6 +84,41 @@ def stream_completion(base_url: str, model: str, *, max_tokens: int, timeout: fl
     if ttft is None:
         return Sample(False, None, elapsed, 0, "the stream ended without a token")
     return Sample(True, ttft, elapsed, usage_tokens if usage_tokens is not None else chunks, text="".join(pieces))
+
+
+def unit_trouble(unit: str) -> str | None:
+    shown = subprocess.run(["systemctl", "show", unit, "-p", "ActiveState,SubState,NRestarts,Result"],
+                           capture_output=True, text=True, check=False).stdout
+    state = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    if (state.get("ActiveState") in ("failed", "inactive") or state.get("SubState") == "auto-restart"
+            or int(state.get("NRestarts") or 0) > 0):
+        return (f"{unit} is {state.get('ActiveState')} (result {state.get('Result')}, "
+                f"{state.get('NRestarts', '0')} restarts)")
+    return None
+
+
+def wait_healthy(base_url: str, timeout: float, unit: str | None, interval: float = 2.0) -> dict:
+    url = urllib.parse.urlsplit(base_url)
+    started = time.monotonic()
+    last = "no answer yet"
+    while True:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            connection.request("GET", url.path.rstrip("/") + "/health")
+            status = connection.getresponse().status
+            if status == 200:
+                return {"healthy": True, "waited_s": round(time.monotonic() - started, 2)}
+            last = f"/health answered {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()
+        if unit and (trouble := unit_trouble(unit)):
+            return {"healthy": False, "waited_s": round(time.monotonic() - started, 2), "error": trouble}
+        if time.monotonic() - started > timeout:
+            return {"healthy": False, "waited_s": round(time.monotonic() - started, 2),
+                    "error": f"not healthy after {timeout:.0f}s: {last}"}
+        time.sleep(interval)
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -160,6 +199,10 @@ def load(base_url: str, model: str, *, concurrency: int, requests: int, max_seco
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     modes = parser.add_subparsers(dest="mode", required=True)
+    waiting = modes.add_parser("wait")
+    waiting.add_argument("url")
+    waiting.add_argument("--timeout", type=float, required=True)
+    waiting.add_argument("--unit")
     first = modes.add_parser("first")
     stress = modes.add_parser("load")
     for sub in (first, stress):
@@ -172,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     stress.add_argument("--max-seconds", type=float, required=True)
     stress.add_argument("--sla", type=json.loads, default=None, help="gpuinfra_sla as JSON")
     args = parser.parse_args(argv)
+    if args.mode == "wait":
+        result = wait_healthy(args.url, args.timeout, args.unit)
+        print(json.dumps(result))
+        return 0 if result["healthy"] else 1
     if args.mode == "first":
         sample = stream_completion(args.url, args.model, max_tokens=args.max_tokens, timeout=args.timeout)
         print(json.dumps({**asdict(sample), "text": sample.text[:200]}))

@@ -1,0 +1,1 @@
+../../../../infra/gpuinfra/assets/stage_weights.py

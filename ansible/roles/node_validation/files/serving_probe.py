@@ -1,0 +1,1 @@
+../../../../infra/gpuinfra/assets/serving_probe.py
