@@ -47,7 +47,7 @@ def serving(nspawn_hosts, tmp_path_factory):
         "inference_server_hosts": ["h1", "h2"],
         "inference_server_plan": PLAN,
         # STAND-IN for PyPI: the find-links directory of the stand-in repositories.
-        "inference_server_pip_extra_args": ["--no-index", "--find-links", f"file://{nspawn.REPO_MOUNT}/wheels"],
+        "inference_server_pip_env": {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"file://{nspawn.REPO_MOUNT}/wheels"},
         "inference_server_weights_source": "hf://deepseek-ai/standin-tiny",
         "inference_server_weights_revision": "0123456789abcdef",
         "inference_server_hf_endpoint": HUB,
