@@ -80,6 +80,8 @@ def aws_ec2_source(outputs: dict[str, Any]) -> dict[str, Any]:
         "compose": {
             "gpuinfra_instance_type": "instance_type",
             "ansible_host": "instance_id",
+            # SSM reaches a node by instance id; nodes reach each other (and Prometheus reaches them) by address.
+            "gpuinfra_private_ip": "private_ip_address",
             "ansible_connection": "'community.aws.aws_ssm'",
             "ansible_aws_ssm_region": f"'{outputs['region']}'",
         },

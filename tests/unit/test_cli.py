@@ -136,3 +136,15 @@ def test_installed_console_script_runs_as_a_real_process():
     assert json.loads(result.stdout)["pipeline_parallel"] == 2
     bad = subprocess.run([str(exe), "size", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_size_json_carries_the_serving_plan_for_on_prem_hosts(capsys):
+    code, out, _ = run("size", "deepseek-r1-distill-llama-70b", "--gpu", "H100-SXM-80GB", "--gpus-per-node", "8",
+                       "--precision", "fp8", "--json", capsys=capsys)
+    serving = json.loads(out)["serving"]
+    assert code == 0 and serving["engine"] == "vllm"
+    assert serving["hf_repo"] == "deepseek-ai/DeepSeek-R1-Distill-Llama-70B"
+    assert serving["quantization"] == "fp8" and serving["tensor_parallel"] * serving["pipeline_parallel"] >= 1
+    code, out, _ = run("size", "--model-config", str(FIXTURES / "llama-3-8b-config.json"), "--gpu", "RTX-4090",
+                       "--gpus-per-node", "1", "--context", "8192", "--json", capsys=capsys)
+    assert json.loads(out)["serving"]["hf_repo"] is None

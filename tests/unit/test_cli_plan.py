@@ -114,6 +114,7 @@ def test_inventory_from_deployed_outputs_and_directory_form(tmp_path, capsys):
     source = yaml.safe_load((tmp_path / "inv" / "aws_ec2.yml").read_text())
     assert source["plugin"] == "amazon.aws.aws_ec2"
     assert source["filters"]["tag:gpuinfra:stack"] == "prod-70b"
+    assert source["compose"]["gpuinfra_private_ip"] == "private_ip_address"
     group_vars = yaml.safe_load((tmp_path / "inv" / "group_vars" / "gpu_nodes.yml").read_text())
     assert set(group_vars["gpuinfra_node_plans"]) == {"p4de.24xlarge", "p5.48xlarge"}
     code, _, err = run("inventory", "prod-r1", "--outputs", str(outputs_file), capsys=capsys)

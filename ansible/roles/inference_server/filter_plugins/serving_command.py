@@ -93,7 +93,8 @@ def copy_placement(hosts: list[str], host: str, nodes: int) -> dict:
         raise AnsibleFilterError(f"{len(hosts)} serving hosts do not split into copies of {nodes} nodes")
     position = hosts.index(host)
     first = position - position % nodes
-    return {"rank": position % nodes, "copy": position // nodes, "head": hosts[first], "peers": hosts[first:first + nodes]}
+    return {"rank": position % nodes, "copy": position // nodes, "head": hosts[first],
+            "peers": hosts[first:first + nodes]}
 
 
 def systemd_exec(argv: list[str]) -> str:
