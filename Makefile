@@ -21,3 +21,4 @@ bench: setup
 	$(BIN)/python benchmarks/sizing_sweep.py --write docs/benchmarks/sizing.md
 	$(BIN)/python benchmarks/plan_timing.py --write docs/benchmarks/plan.md
 	$(BIN)/python benchmarks/ansible_site.py --write docs/benchmarks/ansible.md
+	$(BIN)/python benchmarks/weights_staging.py --write docs/benchmarks/staging.md

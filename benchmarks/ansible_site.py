@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import emit  # noqa: E402
 from tests.hosts.conftest import HOST_VARS, host_group_vars, software  # noqa: E402
 from tests.rigs import nspawn, standin_repo  # noqa: E402
 from tests.rigs.ansible_run import ANSIBLE_DIR, run_playbook  # noqa: E402
@@ -83,10 +84,7 @@ def main() -> None:
         "The rerun is a floor for every later convergence: each role still reads package state, the repository "
         "key and unit states before deciding nothing needs doing.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        Path(args.write).write_text(text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

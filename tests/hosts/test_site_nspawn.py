@@ -7,34 +7,25 @@ from __future__ import annotations
 import pytest
 
 from tests.rigs.ansible_run import run_playbook
+from tests.rigs.nspawn import written_files
 
 pytestmark = pytest.mark.slow
 
 SOFTWARE_HOLDS = {"nvidia-open-580", "libnccl2", "libnccl-dev", "nvidia-container-toolkit",
                   "nvidia-container-toolkit-base"}
-VOLATILE = ("var/log/", "var/cache/", "var/lib/apt/", "var/lib/systemd/", "var/tmp/", "tmp/", "root/.ansible",
-            "root/.ssh", "etc/machine-id", "var/lib/dbus", "var/lib/private", "etc/ld.so.cache")
-
 
 def run(hosts_inventory, playbook, *extra):
     hosts, inventory = hosts_inventory
     return run_playbook(playbook, inventory, *extra, prefix=hosts.netns_exec())
 
 
-def upper_files(hosts, host) -> set[str]:
-    """Every path the host has written since it booted (its overlay's upper layer), less logs and caches."""
-    upper = host.merged.parent / "upper"
-    return {str(p.relative_to(upper)) for p in upper.rglob("*")
-            if not str(p.relative_to(upper)).startswith(VOLATILE)}
-
-
 @pytest.fixture(scope="module")
 def converged(nspawn_hosts):
     hosts, _ = nspawn_hosts
     fresh = hosts.hosts[2]
-    before = upper_files(hosts, fresh)
+    before = written_files(fresh)
     check = run(nspawn_hosts, "site.yml", "--check", "--limit", fresh.name)
-    after_check = upper_files(hosts, fresh)
+    after_check = written_files(fresh)
     first = run(nspawn_hosts, "site.yml")
     second = run(nspawn_hosts, "site.yml")
     return {"check": check, "check_delta": after_check - before, "first": first, "second": second}

@@ -66,13 +66,20 @@ def serving(nspawn_hosts, tmp_path_factory):
     document["all"]["children"]["monitoring"] = {"hosts": {"h3": {}}}  # Prometheus runs on h3
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
     try:
-        runs = {"first": run(hosts, inventory, "serve.yml"), "second": run(hosts, inventory, "serve.yml"),
+        # h3 as a one-node copy of its own, in check mode, before anything is installed on it.
+        alone = {"inference_server_hosts": ["h3"], "inference_server_skip_without_gpu": False,
+                 "inference_server_plan": {**PLAN, "nodes": 1, "pipeline_parallel": 1}}
+        before = nspawn.written_files(hosts.hosts[2])
+        fresh_check = run(hosts, inventory, "serve.yml", "--check", "--limit", "h3", "-e", json.dumps(alone))
+        fresh_delta = nspawn.written_files(hosts.hosts[2]) - before
+        runs = {"fresh_check": fresh_check, "first": run(hosts, inventory, "serve.yml"),
+                "second": run(hosts, inventory, "serve.yml"),
                 "check": run(hosts, inventory, "serve.yml", "--check"),
                 "load": run(hosts, inventory, "serve.yml", "-e", "node_validation_load_test=true", "-e",
                             "node_validation_load_requests=12", "-e", "node_validation_load_max_tokens=8"),
                 "monitoring": run(hosts, inventory, "monitoring.yml"),
                 "monitoring_again": run(hosts, inventory, "monitoring.yml")}
-        yield hosts, inventory, work, runs
+        yield hosts, inventory, work, runs | {"fresh_delta": fresh_delta}
     finally:
         hub.terminate()
         hub.wait(timeout=10)
@@ -91,6 +98,12 @@ def test_two_node_copy_converges_and_the_gpu_less_host_is_skipped_with_a_message
         in " ".join(first.output.split())
 
 
+def test_check_mode_on_a_fresh_host_runs_and_writes_nothing(serving):
+    _, _, _, runs = serving
+    assert runs["fresh_check"].returncode == 0, runs["fresh_check"].tail(80)
+    assert runs["fresh_delta"] == set(), sorted(runs["fresh_delta"])
+
+
 def test_second_run_and_check_mode_change_nothing(serving):
     _, _, _, runs = serving
     for name in ("second", "check"):
@@ -100,7 +113,7 @@ def test_second_run_and_check_mode_change_nothing(serving):
 
 def test_the_token_never_appears_in_the_output(serving):
     _, _, _, runs = serving
-    assert all(TOKEN not in r.output for r in runs.values())
+    assert all(TOKEN not in r.output for name, r in runs.items() if name != "fresh_delta")
 
 
 def test_weights_staged_verified_on_both_nodes(serving):

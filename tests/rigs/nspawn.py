@@ -25,6 +25,17 @@ REPO_MOUNT = "/srv/gpuinfra-standin"
 REQUIRED_TOOLS = ("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen", "ip", "apt-ftparchive", "gpg", "dpkg-deb")
 
 
+VOLATILE = ("var/log/", "var/cache/", "var/lib/apt/", "var/lib/systemd/", "var/tmp/", "tmp/", "root/.ansible",
+            "root/.ssh", "etc/machine-id", "var/lib/dbus", "var/lib/private", "etc/ld.so.cache")
+
+
+def written_files(host: Host) -> set[str]:
+    """Every path the host has written since it booted (its overlay's upper layer), less logs and caches."""
+    upper = host.merged.parent / "upper"
+    return {str(p.relative_to(upper)) for p in upper.rglob("*")
+            if not str(p.relative_to(upper)).startswith(VOLATILE)}
+
+
 def missing_tools() -> list[str]:
     return [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
 

@@ -22,14 +22,36 @@ LFS_FROM_BYTES = 1024
 PAGE = 2
 
 
+_HASHES: dict[tuple[str, int, int], tuple[str, str]] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    """(git blob SHA-1, SHA-256) of a file, computed once per content version (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _HASHES_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    blob = hashlib.sha1(f"blob {stat.st_size}\0".encode(), usedforsecurity=False)
+    sha256 = hashlib.sha256()
+    with path.open("rb") as handle:
+        while data := handle.read(1 << 22):
+            blob.update(data)
+            sha256.update(data)
+    with _HASHES_LOCK:
+        _HASHES[key] = (blob.hexdigest(), sha256.hexdigest())
+    return _HASHES[key]
+
+
 def tree_entries(root: Path) -> list[dict]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        entry = {"type": "file", "path": path.relative_to(root).as_posix(), "size": len(data),
-                 "oid": hashlib.sha1(f"blob {len(data)}\0".encode() + data, usedforsecurity=False).hexdigest()}
-        if len(data) >= LFS_FROM_BYTES:
-            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        size = path.stat().st_size
+        blob, sha256 = _hashes(path)
+        entry = {"type": "file", "path": path.relative_to(root).as_posix(), "size": size, "oid": blob}
+        if size >= LFS_FROM_BYTES:
+            entry["lfs"] = {"oid": sha256, "size": size, "pointerSize": 134}
         entries.append(entry)
     return entries
 
@@ -92,29 +114,33 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.is_file() or self.server.root.resolve() not in path.parents:
             self._send(404, b"Entry not found")
             return
-        data = path.read_bytes()
-        if relative in self.server.corrupt:
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        size = path.stat().st_size
         start = 0
         if (ranged := self.headers.get("Range", "")).startswith("bytes="):
             start = int(ranged[len("bytes="):].split("-")[0])
-        body = data[start:]
+        length = size - start
         cut = self.server.cut_after
         with self.server.lock:
-            cut_now = cut is not None and relative not in self.server.cut and len(body) > cut
+            cut_now = cut is not None and relative not in self.server.cut and length > cut
             if cut_now:
                 self.server.cut.add(relative)
         self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.end_headers()
+        to_send = cut if cut_now else length
+        with path.open("rb") as handle:
+            handle.seek(start)
+            first = start == 0 and relative in self.server.corrupt
+            while to_send > 0 and (data := handle.read(min(1 << 20, to_send))):
+                if first:
+                    data, first = bytes([data[0] ^ 0xFF]) + data[1:], False
+                self.wfile.write(data)
+                to_send -= len(data)
         if cut_now:
-            self.wfile.write(body[:cut])
             self.wfile.flush()
             self.close_connection = True
-            return
-        self.wfile.write(body)
 
     def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
