@@ -11,12 +11,11 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, sh
+from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, scratch_dir, sh
 from tests.rigs.standin_repo import StandinRepos
 
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "sudo",
@@ -102,8 +101,7 @@ class NspawnHosts:
 
     def start(self) -> None:
         rootfs = base_rootfs()
-        CACHE.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="nspawn-", dir=CACHE))
+        self.workdir = scratch_dir("nspawn-")
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.ssh_key)
         br = self.bridge_namespace
         sh("ip", "netns", "add", br)

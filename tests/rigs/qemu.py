@@ -12,12 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, sh
+from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, scratch_dir, sh
 from tests.rigs.nspawn import BASE_PACKAGES, base_rootfs
 
 GUEST_PACKAGES = ("linux-image-amd64", "initramfs-tools", "mdadm", "xfsprogs", "systemd-resolved", "e2fsprogs")
@@ -99,7 +98,7 @@ class QemuGuest:
 
     def __enter__(self) -> QemuGuest:
         try:
-            self.workdir = Path(tempfile.mkdtemp(prefix="qemu-", dir=CACHE))
+            self.workdir = scratch_dir("qemu-")
             sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image / "root.img", "-F", "raw",
                self.workdir / "root.qcow2")
             self.wipe_drives()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.rigs import standin_engine
-from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, sh
+from tests.rigs.common import CACHE, MIRROR, SUITE, RigError, build_once, fingerprint, scratch_dir, sh
 
 STANDIN_MARK = "gpuinfra test STAND-IN package: installs no driver, library or binary"
 
@@ -176,7 +176,7 @@ def build(base_rootfs: Path, software: dict, distribution: str = "debian12") -> 
         public_key = _gpg(home, "--armor", "--export", key_fingerprint).stdout
         debian = root / "debian"
         debian.mkdir()
-        work = Path(tempfile.mkdtemp(dir=CACHE))
+        work = scratch_dir("standin-work-")
         try:
             sh("cp", "-a", f"{base_rootfs}/.", work)
             _debian_packages(work, debian)
