@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 STACK ?= prod-70b
 
 .PHONY: setup plan test lint bench
+# setup: everything the tests need; plan installs only what an offline plan needs.
 setup:
-	@scripts/bootstrap.sh
+	@scripts/bootstrap.sh test
 
-plan: setup
+plan:
+	@scripts/bootstrap.sh plan
 	@$(BIN)/gpuinfra plan $(STACK)
 
 lint: setup

@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: system packages the tests need (apt), a virtualenv in .venv,
-# the pinned Python dependencies (constraints.txt pins the whole tree) and the project itself.
-# Re-running is a no-op unless pyproject.toml, constraints.txt or scripts/apt-packages.txt changed.
+# Idempotent set-up for a fresh machine, in one of two profiles:
+#   plan (make plan): a virtualenv in .venv with the project and its pinned runtime dependencies only;
+#   test (make test, make setup): also the system packages the tests need (scripts/apt-packages.txt: QEMU,
+#         debootstrap, Prometheus, ...) and the pinned dev dependencies.
+# constraints.txt pins the whole tree. Re-running is a no-op unless pyproject.toml, constraints.txt or
+# scripts/apt-packages.txt changed; a test set-up also satisfies a later plan set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PROFILE=${1:-test}
+if [[ "$PROFILE" != plan && "$PROFILE" != test ]]; then
+  echo "setup: unknown profile '$PROFILE' (plan or test)" >&2
+  exit 2
+fi
 VENV=.venv
 PYTHON=${PYTHON:-python3}
 stamp_inputs=(pyproject.toml constraints.txt scripts/apt-packages.txt)
-stamp="$VENV/.setup-$(cat "${stamp_inputs[@]}" | sha256sum | cut -c1-16)"
-if [[ -f "$stamp" ]]; then
+digest=$(cat "${stamp_inputs[@]}" | sha256sum | cut -c1-16)
+stamp="$VENV/.setup-$PROFILE-$digest"
+if [[ -f "$stamp" || -f "$VENV/.setup-test-$digest" ]]; then
   exit 0
 fi
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-while read -r pkg; do
-  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done < scripts/apt-packages.txt
+if [[ "$PROFILE" == test ]]; then
+  while read -r pkg; do
+    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done < scripts/apt-packages.txt
+fi
 if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
   missing+=(python3-venv)
 fi
@@ -44,7 +55,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip==25.3
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+extras=""
+[[ "$PROFILE" == test ]] && extras="[dev]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
 rm -f "$VENV"/.setup-*
 touch "$stamp"
-echo "setup: ready ($VENV)"
+echo "setup: ready ($VENV, $PROFILE profile)"

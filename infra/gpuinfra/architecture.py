@@ -12,7 +12,6 @@ Parameters are split into groups by how tensor/pipeline/expert parallelism distr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -219,22 +218,78 @@ class ModelArchitecture:
         )
 
 
-def _positive_int(config: dict[str, Any], key: str, problems: list[Problem], *, default: Any = None) -> int:
+# Upper bounds on config.json dimensions: far above any real model (R1: 61 layers, 7168 hidden, 256
+# experts), low enough that a hostile file cannot make sizing build billions of layer records.
+DIMENSION_LIMITS = {"num_hidden_layers": 1024, "num_attention_heads": 16384, "num_key_value_heads": 16384,
+                    "n_routed_experts": 16384, "num_experts_per_tok": 16384, "n_shared_experts": 16384,
+                    "first_k_dense_replace": 1024, "moe_layer_freq": 1024}
+DEFAULT_DIMENSION_LIMIT = 1 << 24
+# Keys by which Hugging Face configs declare routed experts, whatever their model_type says.
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _integer(config: dict[str, Any], key: str, problems: list[Problem], *, default: Any = None,
+             minimum: int = 1) -> int:
+    """CONFIG[KEY] as an integer >= MINIMUM (and within its sanity limit); a problem otherwise."""
     value = config.get(key, default)
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if value is None:
         problems.append(Problem(key, "is required"))
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(Problem(key, f"must be a positive integer, got {value!r}"))
+        problems.append(Problem(key, f"must be {wanted}, got {_shown(value)}"))
         return 0
-    if value <= 0:
-        problems.append(Problem(key, f"must be a positive integer, got {value}"))
+    limit = DIMENSION_LIMITS.get(key, DEFAULT_DIMENSION_LIMIT)
+    if value < minimum or value > limit:
+        problems.append(Problem(key, f"must be {wanted} up to {limit:,}, got {value}"))
         return 0
     return value
 
 
+def _positive_int(config: dict[str, Any], key: str, problems: list[Problem], *, default: Any = None) -> int:
+    return _integer(config, key, problems, default=default)
+
+
+def _optional_int(config: dict[str, Any], key: str, problems: list[Problem], default: int, minimum: int) -> int:
+    """An optional integer field: absent or null means DEFAULT."""
+    if config.get(key) is None:
+        return default
+    return _integer(config, key, problems, minimum=minimum) or default
+
+
+def _boolean(config: dict[str, Any], key: str, problems: list[Problem]) -> bool:
+    value = config.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        problems.append(Problem(key, f"must be true or false, got {_shown(value)}"))
+        return False
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expert_problem(config: dict[str, Any], family: Family | None) -> Problem | None:
+    """Routed experts declared in a family sized as dense: refused rather than sized as a dense model."""
+    if family == "mla-moe":
+        return None
+    for key in EXPERT_COUNT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return Problem(key, f"{value} routed experts: a mixture-of-experts model with model_type "
+                                f"{config.get('model_type')!r}, which gpuinfra sizes only as dense; mixture-of-"
+                                "experts sizing supports deepseek_v2/deepseek_v3")
+    return None
+
+
 def _native_precision(config: dict[str, Any], problems: list[Problem]) -> str:
     quant = config.get("quantization_config")
+    if quant is not None and not isinstance(quant, dict):
+        problems.append(Problem("quantization_config", f"must be an object, got {_shown(quant)}"))
+        return "bf16"
     if isinstance(quant, dict) and quant.get("quant_method"):
         method = str(quant["quant_method"]).lower()
         if method in _QUANT_METHOD_PRECISION:
@@ -249,7 +304,10 @@ def _native_precision(config: dict[str, Any], problems: list[Problem]) -> str:
         )
         return "bf16"
     dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    return _TORCH_DTYPE_PRECISION.get(str(dtype), "bf16")
+    if not isinstance(dtype, str):
+        problems.append(Problem("torch_dtype", f"must be a string such as \"bfloat16\", got {_shown(dtype)}"))
+        return "bf16"
+    return _TORCH_DTYPE_PRECISION.get(dtype, "bf16")
 
 
 def parse_hf_config(config: Any) -> ModelArchitecture:
@@ -258,12 +316,15 @@ def parse_hf_config(config: Any) -> ModelArchitecture:
         raise InputError([Problem("", f"config.json must hold a JSON object, got {type(config).__name__}")])
     problems: list[Problem] = []
     model_type = config.get("model_type")
-    family = MODEL_TYPE_FAMILIES.get(str(model_type))
+    family = MODEL_TYPE_FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    experts_problem = _expert_problem(config, family)
+    if experts_problem:
+        problems.append(experts_problem)
     if family is None:
         problems.append(
             Problem(
                 "model_type",
-                f"unsupported model_type {model_type!r} (supported: {', '.join(sorted(MODEL_TYPE_FAMILIES))})",
+                f"unsupported model_type {_shown(model_type)} (supported: {', '.join(sorted(MODEL_TYPE_FAMILIES))})",
             )
         )
     hidden = _positive_int(config, "hidden_size", problems)
@@ -283,23 +344,20 @@ def parse_hf_config(config: Any) -> ModelArchitecture:
         vocab=vocab,
         intermediate=intermediate,
         max_position_embeddings=max_pos,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_boolean(config, "tie_word_embeddings", problems),
     )
     if family == "mla-moe":
         kv_lora = _positive_int(config, "kv_lora_rank", problems)
         rope = _positive_int(config, "qk_rope_head_dim", problems)
         nope = _positive_int(config, "qk_nope_head_dim", problems)
         v_dim = _positive_int(config, "v_head_dim", problems)
-        q_lora = config.get("q_lora_rank")
-        if q_lora is not None and (isinstance(q_lora, bool) or not isinstance(q_lora, int) or q_lora <= 0):
-            problems.append(Problem("q_lora_rank", f"must be a positive integer or null, got {q_lora!r}"))
-            q_lora = None
+        q_lora = _optional_int(config, "q_lora_rank", problems, default=0, minimum=1) or None
         experts = _positive_int(config, "n_routed_experts", problems)
         per_token = _positive_int(config, "num_experts_per_tok", problems)
         moe_inter = _positive_int(config, "moe_intermediate_size", problems)
-        shared = config.get("n_shared_experts", 0) or 0
-        first_dense = config.get("first_k_dense_replace", 0) or 0
-        freq = config.get("moe_layer_freq", 1) or 1
+        shared = _optional_int(config, "n_shared_experts", problems, default=0, minimum=0)
+        first_dense = _optional_int(config, "first_k_dense_replace", problems, default=0, minimum=0)
+        freq = _optional_int(config, "moe_layer_freq", problems, default=1, minimum=1)
         if experts and per_token and per_token > experts:
             problems.append(
                 Problem("num_experts_per_tok", f"{per_token} exceeds n_routed_experts {experts}")
@@ -323,7 +381,8 @@ def parse_hf_config(config: Any) -> ModelArchitecture:
             moe_layer_freq=int(freq),
             **common,
         )
-    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else 0)
+    head_dim = (_optional_int(config, "head_dim", problems, default=0, minimum=1)
+                or (hidden // heads if hidden and heads else 0))
     if heads and kv_heads and heads % kv_heads:
         problems.append(
             Problem("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
@@ -336,30 +395,20 @@ def parse_hf_config(config: Any) -> ModelArchitecture:
         family="dense-gqa",
         kv_heads=kv_heads,
         head_dim=int(head_dim),
-        qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+        qkv_bias=model_type == "qwen2" or _boolean(config, "attention_bias", problems),
         qk_norm=model_type == "qwen3",
         **common,
     )
 
 
 def load_hf_config(path: str | Path) -> ModelArchitecture:
-    """Read and parse a local config.json; every failure is an InputError naming the file."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError([Problem("--model-config", f"{file}: no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError([Problem("--model-config", f"{file}: cannot be read ({exc})")]) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            [Problem("--model-config", f"{file}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")]
-        ) from None
+    """Read and parse a local config.json (bounded, strict JSON); every failure is an InputError naming it."""
+    from gpuinfra.documents import load_json
+
+    data = load_json(path, "--model-config")
     try:
         return parse_hf_config(data)
     except InputError as exc:
         raise InputError(
-            Problem(f"--model-config {file}" + (f": {p.path}" if p.path else ""), p.reason) for p in exc.problems
+            Problem(f"--model-config {path}" + (f": {p.path}" if p.path else ""), p.reason) for p in exc.problems
         ) from None

@@ -1,22 +1,29 @@
 """The ``gpuinfra`` command line.
 
-Exit codes (a contract): 0 feasible / options found, 1 nothing feasible (or a mandatory policy
-violation), 2 bad input. Bad input prints one line per problem and never a traceback.
+Exit codes (a contract, the same for every command): 0 ok (feasible, options found, no mandatory
+violation); 1 infeasible (nothing fits, over budget) or a mandatory policy violation; 2 bad input, one
+``error: <where>: <why>`` line per problem; 3 an internal error, one ``internal error:`` line (the traceback
+only with ``--debug``). Nothing is written when the exit code is not 0 or 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import yaml
 
-from gpuinfra.errors import InputError, Problem
+from gpuinfra.errors import InfeasibleError, InputError, Problem
 
-EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+# Bounds on counts a user types: well past any real deployment, far short of what would hang the planner.
+LIMITS = {"--nodes": 64, "--max-nodes": 64, "--gpus-per-node": 16, "--concurrency": 65536,
+          "--context": 16_777_216, "--max-num-batched-tokens": 16_777_216, "--tensor-parallel": 16}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,10 +39,17 @@ def _number(text: str | None, flag: str, problems: list[Problem], kind: Callable
     try:
         value = kind(text)
     except ValueError:
-        problems.append(Problem(flag, f"must be a {'whole number' if kind is int else 'number'}, got {text!r}"))
+        problems.append(Problem(flag, f"must be a {'whole number' if kind is int else 'number'}, got {text[:40]!r}"))
+        return None
+    if not math.isfinite(value):
+        problems.append(Problem(flag, f"must be a finite number, got {text[:40]}"))
         return None
     if value <= 0:
-        problems.append(Problem(flag, f"must be greater than 0, got {text}"))
+        problems.append(Problem(flag, f"must be greater than 0, got {text[:40]}"))
+        return None
+    limit = LIMITS.get(flag)
+    if limit is not None and value > limit:
+        problems.append(Problem(flag, f"must be at most {limit:,}, got {text[:40]}"))
         return None
     return value
 
@@ -57,9 +71,14 @@ def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gpuinfra", description="Size, plan and validate GPU inference clusters.")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an internal error, print the traceback")
+    parser = _Parser(prog="gpuinfra", description="Size, plan and validate GPU inference clusters.",
+                     parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    size = commands.add_parser("size", help="can this hardware serve this model? (or: which hardware can)")
+    size = commands.add_parser("size", parents=[common],
+                               help="can this hardware serve this model? (or: which hardware can)")
     _add_request_arguments(size)
     size.add_argument("--instance-type", metavar="T", help="an AWS instance type from the catalog")
     size.add_argument("--gpu", metavar="SKU", help="an on-prem GPU (with --gpus-per-node)")
@@ -67,16 +86,19 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--nodes", metavar="N", help="nodes the model spans (pipeline parallel across them)")
     size.add_argument("--max-nodes", metavar="N", help="planner: largest node count to consider (default 4)")
     size.add_argument("--json", action="store_true", help="machine-readable output")
-    plan = commands.add_parser("plan", help="what `pulumi up --stack STACK` would create, offline")
-    plan.add_argument("stack", metavar="STACK")
+    plan = commands.add_parser("plan", parents=[common], help="what `pulumi up --stack STACK` would create, offline")
+    plan.add_argument("stack", metavar="STACK", nargs="?",
+                      help="a shipped stack; with --stack-file, default: the name in Pulumi.<STACK>.yaml")
     plan.add_argument("--stack-file", metavar="PATH", help="a stack file outside stacks/")
     plan.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a field of gpuinfra:cluster (repeatable; dotted paths)")
     plan.add_argument("--policy-config", metavar="FILE",
                       help="gpu-guardrails config, JSON as for `pulumi up --policy-pack-config`")
     plan.add_argument("--json", action="store_true")
-    inventory = commands.add_parser("inventory", help="the stack's nodes and serving plan as an Ansible inventory")
-    inventory.add_argument("stack", metavar="STACK")
+    inventory = commands.add_parser("inventory", parents=[common],
+                                    help="the stack's nodes and serving plan as an Ansible inventory")
+    inventory.add_argument("stack", metavar="STACK", nargs="?",
+                           help="a shipped stack; with --stack-file, default: the name in Pulumi.<STACK>.yaml")
     inventory.add_argument("--stack-file", metavar="PATH", help="a stack file outside stacks/")
     inventory.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")
     inventory.add_argument("--outputs", metavar="FILE", help="`pulumi stack output --json` of the deployed stack "
@@ -84,7 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
     inventory.add_argument("--hosts", action="append", default=[], metavar="NAME[=TYPE],...",
                            help="hosts for the static inventory")
     inventory.add_argument("--output", metavar="DIR", help="write an aws_ec2 inventory source and group_vars")
-    catalog = commands.add_parser("catalog", help="list catalog models, GPUs or instance types")
+    catalog = commands.add_parser("catalog", parents=[common], help="list catalog models, GPUs or instance types")
     catalog.add_argument("kind", choices=["models", "gpus", "instances", "software"])
     catalog.add_argument("--json", action="store_true")
     return parser
@@ -203,21 +225,17 @@ def _size(args: argparse.Namespace, out) -> int:
         if args.json:
             out.write(json.dumps(_evaluation_with_serving(request, evaluation), indent=2) + "\n")
         else:
-            from rich.console import Console
+            from gpuinfra.render import console_for, render_evaluation
 
-            from gpuinfra.render import render_evaluation
-
-            render_evaluation(evaluation, Console(file=out))
+            render_evaluation(evaluation, console_for(out))
         return EXIT_OK if evaluation.feasible else EXIT_INFEASIBLE
     result = plan(request, max_nodes=max_nodes or 4)
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
     else:
-        from rich.console import Console
+        from gpuinfra.render import console_for, render_plan
 
-        from gpuinfra.render import render_plan
-
-        render_plan(result, Console(file=out))
+        render_plan(result, console_for(out))
     return EXIT_OK if result.options else EXIT_INFEASIBLE
 
 
@@ -234,8 +252,9 @@ def _catalog(args: argparse.Namespace, out) -> int:
     if args.json:
         out.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
+
+    from gpuinfra.render import console_for
 
     table = Table()
     if args.kind == "models":
@@ -256,25 +275,43 @@ def _catalog(args: argparse.Namespace, out) -> int:
         for i in records:
             table.add_row(i.name, f"{i.gpus} x {i.gpu}", str(i.vcpus), f"{i.ram_gib:g}", f"{i.nvme.total_gb:g}",
                           str(i.efa.max_interfaces), _price(i.price.usd_per_hour))
-    Console(file=out).print(table)
+    console_for(out).print(table)
     return EXIT_OK
+
+
+def _stack_name(args: argparse.Namespace) -> str:
+    """STACK as given, else the name in the --stack-file's name (Pulumi.<STACK>.yaml)."""
+    from pathlib import Path
+
+    from gpuinfra.config import stack_name_from_file, stack_name_problem
+
+    if args.stack:
+        return args.stack
+    if not args.stack_file:
+        raise InputError([Problem("STACK", "give a stack name, or --stack-file PATH")])
+    name = stack_name_from_file(Path(args.stack_file))
+    problem = stack_name_problem(name)
+    if problem:
+        raise InputError([Problem("STACK", f"cannot take it from {args.stack_file}: {problem}; give STACK")])
+    return name
 
 
 def _plan(args: argparse.Namespace, out) -> int:
     from gpuinfra.plan import build_plan, render_plan_report
 
+    stack = _stack_name(args)
     policy_config = None
     if args.policy_config:
-        from gpuinfra.inventory import load_json_object
+        from gpu_guardrails.offline import load_policy_config
 
-        policy_config = load_json_object(args.policy_config, "--policy-config")
-    cluster, report = build_plan(args.stack, args.stack_file, args.sets, policy_config)
+        policy_config = load_policy_config(args.policy_config, "--policy-config")
+    cluster, report = build_plan(stack, args.stack_file, args.sets, policy_config)
     if args.json:
         out.write(report.model_dump_json(indent=2) + "\n")
     else:
-        from rich.console import Console
+        from gpuinfra.render import console_for
 
-        render_plan_report(cluster, report, Console(file=out, width=160))
+        render_plan_report(cluster, report, console_for(out))
     for violation in report.mandatory_violations:
         print(f"error: mandatory policy {violation.policy} ({violation.resource or 'stack'}): {violation.message}",
               file=sys.stderr)
@@ -284,8 +321,11 @@ def _plan(args: argparse.Namespace, out) -> int:
 def _inventory(args: argparse.Namespace, out) -> int:
     from pathlib import Path
 
-    from gpuinfra.inventory import load_outputs, static_inventory, write_directory
+    from gpuinfra.inventory import check_output_directory, load_outputs, static_inventory, write_directory
 
+    stack = _stack_name(args)
+    if args.output:
+        check_output_directory(Path(args.output))
     if args.outputs:
         if args.sets or args.stack_file:
             raise InputError([Problem("--outputs", "comes from a deployed stack; --set/--stack-file apply to the "
@@ -294,11 +334,14 @@ def _inventory(args: argparse.Namespace, out) -> int:
     else:
         from gpuinfra.plan import build_plan
 
-        _, report = build_plan(args.stack, args.stack_file, args.sets)
-        outputs = report.outputs
-    if outputs.get("stack") not in (None, args.stack):
-        raise InputError([Problem("--outputs", f"belong to stack {outputs['stack']}, not {args.stack}")])
+        _, report = build_plan(stack, args.stack_file, args.sets)
+        outputs = load_outputs(report.outputs, label="plan outputs")
+    if outputs.stack != stack:
+        raise InputError([Problem("--outputs", f"belong to stack {outputs.stack}, not {stack}")])
     if args.output:
+        if args.hosts:
+            raise InputError([Problem("--hosts", "is for the static inventory; --output writes an aws_ec2 source "
+                                                 "that finds the nodes by tag")])
         for path in write_directory(outputs, Path(args.output)):
             out.write(f"wrote {path}\n")
     else:
@@ -316,16 +359,30 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = _build_parser()
-        args = parser.parse_args(argv)
+        args = _build_parser().parse_args(argv)
         return COMMANDS[args.command](args, out)
+    except InfeasibleError as exc:
+        _report(exc)
+        return EXIT_INFEASIBLE
     except InputError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        _report(exc)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes exit 3, not a traceback
+        if "--debug" in argv:
+            traceback.print_exc()
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} (run again with --debug for "
+              "the traceback, and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _report(exc: InputError) -> None:
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ resource is declared. Unknown keys are errors (a typo'd key must not silently fa
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import math
 import re
@@ -13,11 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from gpuinfra.catalog import InstanceType, find_instance_type, find_model, load_catalog
-from gpuinfra.errors import InputError, Problem, problems_from_validation_error
+from gpuinfra.catalog import InstanceType, find_instance_type, find_model, load_catalog, region_problem
+from gpuinfra.documents import kind_of, load_yaml, parse_yaml
+from gpuinfra.errors import InfeasibleError, InputError, Problem, problems_from_validation_error
 from gpuinfra.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     AttentionParallel,
@@ -33,13 +34,21 @@ from gpuinfra.sizing import (
 
 CONFIG_KEY = "gpuinfra:cluster"
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+# Pulumi's stack-name rule (letters, digits, -, _, .); the name also becomes a file name and an AWS tag value.
+STACK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# AWS tag limits (EC2 User Guide, "Tag restrictions"): 50 tags per resource, of which gpuinfra reserves
+# room for its own `gpuinfra:*` tags; keys up to 128 characters, values up to 256; `aws:` is AWS's prefix.
+MAX_USER_TAGS = 30
+MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH = 128, 256
+TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
+RESERVED_TAG_PREFIXES = ("aws:", "gpuinfra:")
 
 
 class StrictModel(BaseModel):
-    """Unknown fields are rejected, which is what turns a typo'd key into an error instead of a default."""
+    """Unknown fields are rejected, which is what turns a typo'd key into an error instead of a default.
+    NaN and infinity are refused: no limit, budget or SLA may be one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OnDemand(StrictModel):
@@ -100,10 +109,18 @@ class Access(StrictModel):
     @field_validator("ssh_cidrs")
     @classmethod
     def _no_open_ssh(cls, values: list[str]) -> list[str]:
+        networks = []
         for value in values:
-            network = ipaddress.ip_network(value, strict=False)
-            if network.prefixlen == 0:
-                raise ValueError(f"{value} opens SSH to the whole internet; name the networks that need it")
+            try:
+                networks.append(ipaddress.ip_network(value, strict=True))
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
+        for version, everything in ((4, ipaddress.ip_network("0.0.0.0/0")), (6, ipaddress.ip_network("::/0"))):
+            union = list(ipaddress.collapse_addresses(n for n in networks if n.version == version))
+            if union == [everything]:
+                what = "this opens" if len(networks) == 1 else "together these open"
+                raise ValueError(f"{what} SSH to the whole {'IPv4' if version == 4 else 'IPv6'} internet; name the "
+                                 "networks that need it")
         return values
 
 
@@ -176,9 +193,18 @@ class ClusterConfig(StrictModel):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not REGION_PATTERN.match(value):
-            raise ValueError(f"{value!r} is not an AWS region name")
+        problem = region_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        problems = tag_problems(tags)
+        if problems:
+            raise InputError(problems)
+        return tags
 
     @model_validator(mode="wrap")
     @classmethod
@@ -227,8 +253,10 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
             problems.append(Problem("nodes", f"{config.nodes} is not a whole number of copies of "
                                              f"nodes_per_copy {config.nodes_per_copy}"))
         problems += spanning_problems(config, config.nodes_per_copy)
-    if config.availability_zone and not config.availability_zone.startswith(config.region):
-        problems.append(Problem("availability_zone", f"{config.availability_zone} is not in region {config.region}"))
+    if config.availability_zone and not zone_in_region(config.availability_zone, config.region):
+        problems.append(Problem("availability_zone", f"{config.availability_zone!r} is not a zone of region "
+                                                     f"{config.region} (zones are {config.region}a, "
+                                                     f"{config.region}b, ...)"))
     reserved = isinstance(config.capacity, CapacityReservation | CapacityBlock)
     if reserved and not config.availability_zone:
         problems.append(Problem("availability_zone", "is required with a capacity reservation or block "
@@ -248,6 +276,32 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
         problems.append(Problem("access", "enable ssm or give ssh_cidrs: otherwise nothing can configure the nodes"))
     if config.access.ssh_cidrs and not config.access.ssh_key_name:
         problems.append(Problem("access.ssh_key_name", "is required when ssh_cidrs is set"))
+    return problems
+
+
+def zone_in_region(zone: str, region: str) -> bool:
+    """ZONE is REGION plus a zone letter (us-east-1a), or one of its Local Zones (us-east-1-bos-1a)."""
+    return re.fullmatch(rf"{re.escape(region)}(-[a-z]+-\d+)?[a-z]", zone) is not None
+
+
+def tag_problems(tags: dict[str, str]) -> list[Problem]:
+    """What AWS (or gpuinfra's own tags) would refuse in the stack's user tags, each with its key."""
+    problems: list[Problem] = []
+    if len(tags) > MAX_USER_TAGS:
+        problems.append(Problem("", f"{len(tags)} tags: at most {MAX_USER_TAGS} (AWS allows 50 per resource and "
+                                    "gpuinfra adds its own)"))
+    for key, value in tags.items():
+        where = key[:40]
+        if not key or len(key) > MAX_TAG_KEY_LENGTH:
+            problems.append(Problem(where, f"a tag key must be 1-{MAX_TAG_KEY_LENGTH} characters"))
+        if key.lower().startswith(RESERVED_TAG_PREFIXES):
+            problems.append(Problem(where, f"keys starting with {' or '.join(RESERVED_TAG_PREFIXES)} are reserved "
+                                           "(AWS's and gpuinfra's own tags)"))
+        if len(value) > MAX_TAG_VALUE_LENGTH:
+            problems.append(Problem(where, f"a tag value must be at most {MAX_TAG_VALUE_LENGTH} characters"))
+        for text, what in ((key, "key"), (value, "value")):
+            if not TAG_TEXT.match(text):
+                problems.append(Problem(where, f"the {what} may hold only letters, digits, spaces and _ . : / = + - @"))
     return problems
 
 
@@ -330,106 +384,183 @@ def sizing_request(config: ClusterConfig) -> SizingRequest:
 
 
 def resolve(stack: str, config: ClusterConfig) -> ResolvedCluster:
-    """Size the request on every launchable type; any type that cannot serve it is an error with its reasons."""
+    """Size the request on every launchable type. A type that cannot serve it, or a pool over the budget, is
+    an InfeasibleError with its reasons; a multi-node span the config does not allow is an InputError."""
     try:
         request = sizing_request(config)
     except InputError as exc:
         raise InputError(Problem(f"cluster.{p.path}", p.reason) for p in exc.problems) from None
-    problems: list[Problem] = []
     spans = [config.nodes_per_copy] if config.nodes_per_copy else [
         span for span in range(1, config.nodes + 1) if config.nodes % span == 0]
-    budget = config.hourly_budget_usd
     if config.instance_types:
-        instances = [find_instance_type(name) for name in config.instance_types]
-        for span in spans:
-            evaluations = [evaluate(request, Hardware.from_instance(i, span)) for i in instances]
-            if all(e.feasible for e in evaluations):
-                break
-        for index, evaluation in enumerate(evaluations):
-            problems.extend(Problem(f"cluster.instance_types.{index}", f"{evaluation.instance_type} x {span} "
-                                                                       f"node(s): {reason}")
-                            for reason in evaluation.reasons)
+        span, evaluations = _size_named_types(request, config, spans)
+        launchable = config
     else:
-        for span in spans:
-            candidates = [evaluate(request, Hardware.from_instance(instance, span))
-                          for instance in load_catalog().instances if span == 1 or instance.efa.supported]
-            evaluations = sorted((e for e in candidates if e.feasible and (
-                                     budget is None or (e.cost_per_hour_usd or math.inf) <= budget)),
-                                 key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0))
-            if evaluations:
-                break
-        if not isinstance(config.capacity, Spot) or span > 1:
-            # Spot diversifies across every type that fits; otherwise the cheapest. The nodes of one
-            # multi-node copy must be identical, so they get one type even on spot.
-            evaluations = evaluations[:1]
-        if not evaluations:
-            problems.append(Problem("cluster.instance_types", f"no catalog instance type serves {config.model} at "
-                                                              f"{config.concurrency} x {config.context_tokens} tokens "
-                                                              f"on up to {config.nodes} node(s)"
-                                                              + (f" within ${budget:.2f}/h" if budget else "")
-                                                              + "; see `gpuinfra size`"))
-        config_for_span = config.model_copy(update={"instance_types": [e.instance_type for e in evaluations]})
-    if not problems and not config.nodes_per_copy:
-        problems += spanning_problems(config if config.instance_types else config_for_span, span, prefix="cluster.")
-    if config.hourly_budget_usd is not None:
-        copies = config.nodes // span
-        over = [e for e in evaluations if e.cost_per_hour_usd and e.cost_per_hour_usd * copies > budget]
-        for e in over:
-            problems.append(Problem("cluster.hourly_budget_usd",
-                                    f"{config.nodes} x {e.instance_type} cost "
-                                    f"${e.cost_per_hour_usd * copies:.2f}/h on demand, "
-                                    f"over the ${budget:.2f}/h budget"))
-    if problems:
-        raise InputError(problems)
+        span, evaluations = _cheapest_fitting_types(request, config, spans)
+        launchable = config.model_copy(update={"instance_types": [e.instance_type for e in evaluations]})
+    if not config.nodes_per_copy:
+        problems = spanning_problems(launchable, span, prefix="cluster.")
+        if problems:
+            raise InputError(problems)
+    over = _over_budget(evaluations, config, span)
+    if over:
+        raise InfeasibleError(Problem("cluster.hourly_budget_usd", _budget_reason(e, config, span)) for e in over)
     return ResolvedCluster(stack=stack, config=config, request=request, evaluations=evaluations)
+
+
+def _size_named_types(request: SizingRequest, config: ClusterConfig,
+                      spans: list[int]) -> tuple[int, list[Evaluation]]:
+    """The smallest span on which every named type serves the request; else every reason, per type."""
+    instances = [find_instance_type(name) for name in config.instance_types or []]
+    for span in spans:
+        evaluations = [evaluate(request, Hardware.from_instance(i, span)) for i in instances]
+        if all(e.feasible for e in evaluations):
+            return span, evaluations
+    raise InfeasibleError(Problem(f"cluster.instance_types.{index}", f"{e.instance_type} x {span} node(s): {reason}")
+                          for index, e in enumerate(evaluations) for reason in e.reasons)
+
+
+def _cheapest_fitting_types(request: SizingRequest, config: ClusterConfig,
+                            spans: list[int]) -> tuple[int, list[Evaluation]]:
+    """The smallest span on which some catalog type fits (within the budget): the cheapest type, or on spot
+    every fitting type, cheapest first. The nodes of one multi-node copy must be identical: one type."""
+    for span in spans:
+        candidates = [evaluate(request, Hardware.from_instance(instance, span))
+                      for instance in load_catalog().instances if span == 1 or instance.efa.supported]
+        fitting = [e for e in candidates if e.feasible and not _over_budget([e], config, span)]
+        fitting.sort(key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0))
+        if fitting:
+            diversify = isinstance(config.capacity, Spot) and span == 1
+            return span, fitting if diversify else fitting[:1]
+    budget = config.hourly_budget_usd
+    raise InfeasibleError([Problem("cluster.instance_types", f"no catalog instance type serves {config.model} at "
+                                                             f"{config.concurrency} x {config.context_tokens} tokens "
+                                                             f"on up to {config.nodes} node(s)"
+                                                             + (f" within ${budget:.2f}/h" if budget else "")
+                                                             + "; see `gpuinfra size`")])
+
+
+def _pool_cost(evaluation: Evaluation, config: ClusterConfig, span: int) -> float | None:
+    """The whole pool's on-demand $/h on this type: an evaluation prices one copy of SPAN nodes."""
+    if evaluation.cost_per_hour_usd is None:
+        return None
+    return evaluation.cost_per_hour_usd * (config.nodes // span)
+
+
+def _over_budget(evaluations: list[Evaluation], config: ClusterConfig, span: int) -> list[Evaluation]:
+    """The evaluations whose pool costs more than the budget, or has no price to compare with it."""
+    budget = config.hourly_budget_usd
+    if budget is None:
+        return []
+    return [e for e in evaluations if (_pool_cost(e, config, span) or math.inf) > budget]
+
+
+def _budget_reason(evaluation: Evaluation, config: ClusterConfig, span: int) -> str:
+    cost = _pool_cost(evaluation, config, span)
+    if cost is None:
+        return (f"{evaluation.instance_type} has no catalog price, so it cannot be checked against the "
+                f"${config.hourly_budget_usd:.2f}/h budget")
+    return (f"{config.nodes} x {evaluation.instance_type} cost ${cost:.2f}/h on demand, over the "
+            f"${config.hourly_budget_usd:.2f}/h budget")
 
 
 def stack_file(stack: str, directory: Path = STACKS_DIR) -> Path:
     return directory / f"Pulumi.{stack}.yaml"
 
 
+def stack_name_problem(name: str) -> str | None:
+    if STACK_NAME_PATTERN.match(name):
+        return None
+    return (f"{name[:60]!r} is not a stack name: 1-100 letters, digits, '-', '_' or '.', starting with a letter "
+            "or digit")
+
+
+def stack_name_from_file(path: Path) -> str:
+    """`stacks/Pulumi.prod-70b.yaml` -> `prod-70b` (Pulumi's own naming of stack files)."""
+    name = path.name
+    for suffix in (".yaml", ".yml"):
+        name = name.removesuffix(suffix)
+    return name.removeprefix("Pulumi.")
+
+
+def read_stack_document(file: Path) -> dict[str, Any]:
+    """The `gpuinfra:cluster` object of a stack file, refusing every malformed shape with a clear reason."""
+    label = str(file)
+    document = load_yaml(file, label)
+    if document is None:
+        raise InputError([Problem(label, f"is empty; a stack file holds config.{CONFIG_KEY}")])
+    if not isinstance(document, dict):
+        raise InputError([Problem(label, f"must be a mapping with a config: key, got {kind_of(document)}")])
+    config = document.get("config")
+    if not isinstance(config, dict):
+        reason = "is missing" if config is None else f"must be a mapping, got {kind_of(config)}"
+        raise InputError([Problem(f"{label}: config", reason)])
+    raw = config.get(CONFIG_KEY)
+    if raw is None:
+        raise InputError([Problem(label, f"has no config.{CONFIG_KEY} object")])
+    if not isinstance(raw, dict):
+        raise InputError([Problem(f"{label}: config.{CONFIG_KEY}", f"must be a mapping, got {kind_of(raw)}")])
+    return raw
+
+
 def load_stack(stack: str, *, path: Path | None = None, overrides: dict[str, Any] | None = None) -> ResolvedCluster:
     """Read `stacks/Pulumi.<stack>.yaml` (or PATH), apply `--set` overrides, validate and resolve."""
+    problem = stack_name_problem(stack)
+    if problem:
+        raise InputError([Problem("STACK", problem)])
     file = path or stack_file(stack)
-    if not file.is_file():
+    if path is None and not file.is_file():
         known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS_DIR.glob("Pulumi.*.yaml"))
         raise InputError([Problem("STACK", f"{file} does not exist (shipped stacks: {', '.join(known)})")])
-    try:
-        document = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InputError([Problem(str(file), f"not valid YAML: {exc}")]) from None
-    raw = (document.get("config") or {}).get(CONFIG_KEY) if isinstance(document, dict) else None
-    if raw is None:
-        raise InputError([Problem(str(file), f"has no config.{CONFIG_KEY} object")])
+    raw = read_stack_document(file)
     if overrides:
         raw = apply_overrides(raw, overrides)
     return resolve(stack, parse_cluster(raw))
 
 
+OVERRIDE_KEY = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+LIST_FIELDS = ("instance_types", "access.ssh_cidrs", "network.subnet_ids", "network.load_balancer_subnet_ids")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`FIELD=VALUE` (dotted paths allowed); VALUE is YAML, and a comma list becomes a list for list fields."""
     if "=" not in text:
-        raise InputError([Problem("--set", f"{text!r} is not FIELD=VALUE")])
+        raise InputError([Problem("--set", f"{text[:80]!r} is not FIELD=VALUE")])
     key, value = text.split("=", 1)
     if not key:
-        raise InputError([Problem("--set", f"{text!r} has no field name")])
+        raise InputError([Problem("--set", f"{text[:80]!r} has no field name")])
+    if not OVERRIDE_KEY.match(key):
+        raise InputError([Problem("--set", f"{key[:80]!r} is not a field path (lower-case names joined by dots, "
+                                           "e.g. sla.ttft_p99_s)")])
     try:
-        parsed = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
-        parsed = value
-    if key in ("instance_types", "access.ssh_cidrs", "network.subnet_ids") and isinstance(parsed, str):
+        parsed = parse_yaml(value, f"--set {key}") if value else ""
+    except InputError as exc:
+        if any("not valid YAML" in p.reason for p in exc.problems):
+            parsed = value  # not YAML: the text itself
+        else:
+            raise
+    if key in LIST_FIELDS and isinstance(parsed, str):
         parsed = [item.strip() for item in parsed.split(",") if item.strip()]
     return key, parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    result = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    """RAW with each dotted-path override set; a path through a value that is not a mapping is an error."""
+    result = copy.deepcopy(raw)
+    problems = []
     for key, value in overrides.items():
         target = result
         parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(target.get(part), dict):
+        for depth, part in enumerate(parts[:-1]):
+            if target.get(part) is None:
                 target[part] = {}
+            elif not isinstance(target[part], dict):
+                problems.append(Problem(f"--set {key}", f"{'.'.join(parts[:depth + 1])} is "
+                                                        f"{kind_of(target[part])}, not a mapping"))
+                break
             target = target[part]
-        target[parts[-1]] = value
+        else:
+            target[parts[-1]] = value
+    if problems:
+        raise InputError(problems)
     return result

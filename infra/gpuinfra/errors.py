@@ -29,6 +29,11 @@ class InputError(ValueError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
+class InfeasibleError(InputError):
+    """Valid input that cannot be served as asked: no hardware fits, or it costs more than the budget (exit 1,
+    not 2: the user's request is well formed, the answer is no)."""
+
+
 def problems_from_validation_error(error: ValidationError, prefix: str = "") -> list[Problem]:
     """Turn pydantic's errors into Problems with dotted paths (`cluster.capacity.type`)."""
     problems = []

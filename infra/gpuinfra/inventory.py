@@ -2,79 +2,259 @@
 
 Static form (stdout): a YAML inventory with the `gpu_nodes` group, its hosts (from --hosts) and vars.
 Directory form (--output DIR): an `amazon.aws.aws_ec2` inventory source that finds the stack's nodes by
-tag, reached over SSM, plus `group_vars/gpu_nodes.yml` with the same vars.
+tag, reached over SSM, plus `group_vars/gpu_nodes.yml` with the same vars, written atomically.
+
+Values are data, never code: Ansible renders any string in an inventory as a Jinja template, so every
+string value gpuinfra writes is tagged `!unsafe` (Ansible's marker for "never template this"), and the
+aws_ec2 source's `compose` (Jinja expressions by design) holds only constants written here.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpuinfra.catalog import load_catalog
+from gpuinfra.catalog import find_instance_type, load_catalog, region_problem
+from gpuinfra.config import Sla, stack_name_problem
 from gpuinfra.contract import NODE_GROUP
-from gpuinfra.errors import InputError, Problem
+from gpuinfra.documents import load_json_object
+from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 
-REQUIRED_OUTPUTS = ("stack", "region", "nodes", "instance_types", "request", "weights", "node_plans")
+HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def group_vars(outputs: dict[str, Any]) -> dict[str, Any]:
-    missing = [key for key in REQUIRED_OUTPUTS if key not in outputs]
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+
+class RequestOutput(_Contract):
+    """The serving request as the stack outputs carry it (contract.serving_request)."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
+    model: str
+    precision: str
+    kv_cache_dtype: str
+    context_tokens: int = Field(gt=0)
+    concurrency: int = Field(gt=0)
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    attention_parallel: str
+
+
+class WeightsOutput(_Contract):
+    source: str
+    revision: str | None = None
+    local_dir: str
+
+
+class NodePlanOutput(_Contract):
+    """One instance type's plan: expected hardware, requirements, serving plan (contract.node_plans)."""
+
+    hardware: dict[str, Any]
+    requirements: dict[str, Any]
+    serving: dict[str, Any]
+
+
+class StackOutputs(_Contract):
+    """`pulumi stack output --json` of a gpuinfra stack, type-checked. Outputs the inventory does not use
+    are kept as they are (extra keys allowed: a newer program may export more)."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="allow")
+    stack: str
+    region: str
+    nodes: int = Field(ge=1, le=64)
+    nodes_per_copy: int = Field(1, ge=1, le=64)
+    capacity: str | None = None
+    instance_types: list[str] = Field(min_length=1)
+    request: RequestOutput
+    weights: WeightsOutput
+    node_plans: dict[str, NodePlanOutput]
+    sla: Sla | None = None
+    auto_scaling_group_name: str | None = None
+    endpoint_dns_name: str | None = None
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, value: str) -> str:
+        problem = stack_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        problem = region_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("instance_types")
+    @classmethod
+    def _types(cls, values: list[str]) -> list[str]:
+        problems = []
+        for index, name in enumerate(values):
+            try:
+                find_instance_type(name, path=str(index))
+            except InputError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise InputError(problems)
+        return values
+
+    @model_validator(mode="after")
+    def _plans_cover_types(self) -> StackOutputs:
+        missing = [name for name in self.instance_types if name not in self.node_plans]
+        if missing:
+            raise ValueError(f"node_plans has no plan for {', '.join(missing)}")
+        if self.nodes % self.nodes_per_copy:
+            raise ValueError(f"nodes {self.nodes} is not a whole number of copies of {self.nodes_per_copy}")
+        return self
+
+
+def load_outputs(source: str | dict[str, Any], label: str = "--outputs") -> StackOutputs:
+    """A deployed stack's outputs (a JSON file) or the offline plan's (a dict), type-checked."""
+    raw = load_json_object(source, label) if isinstance(source, str) else source
+    missing = [name for name, field in StackOutputs.model_fields.items() if field.is_required() and name not in raw]
     if missing:
-        raise InputError([Problem("--outputs", f"is not a gpuinfra stack's outputs: missing {', '.join(missing)}")])
+        raise InputError([Problem(label, f"is not a gpuinfra stack's outputs: missing {', '.join(missing)}")])
+    try:
+        return StackOutputs.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(problems_from_validation_error(exc, label)) from None
+
+
+def group_vars(outputs: StackOutputs) -> dict[str, Any]:
     variables = {
-        "gpuinfra_stack": outputs["stack"],
-        "gpuinfra_region": outputs["region"],
-        "gpuinfra_nodes": outputs["nodes"],
-        "gpuinfra_capacity": outputs.get("capacity"),
-        "gpuinfra_instance_types": outputs["instance_types"],
-        "gpuinfra_request": outputs["request"],
-        "gpuinfra_weights": outputs["weights"],
-        "gpuinfra_node_plans": outputs["node_plans"],
-        "gpuinfra_auto_scaling_group": outputs.get("auto_scaling_group_name"),
-        "gpuinfra_endpoint_dns_name": outputs.get("endpoint_dns_name"),
-        "gpuinfra_sla": outputs.get("sla"),
+        "gpuinfra_stack": outputs.stack,
+        "gpuinfra_region": outputs.region,
+        "gpuinfra_nodes": outputs.nodes,
+        "gpuinfra_capacity": outputs.capacity,
+        "gpuinfra_instance_types": outputs.instance_types,
+        "gpuinfra_request": outputs.request.model_dump(mode="json"),
+        "gpuinfra_weights": outputs.weights.model_dump(mode="json"),
+        "gpuinfra_node_plans": {name: plan.model_dump(mode="json") for name, plan in outputs.node_plans.items()},
+        "gpuinfra_auto_scaling_group": outputs.auto_scaling_group_name,
+        "gpuinfra_endpoint_dns_name": outputs.endpoint_dns_name,
+        "gpuinfra_sla": outputs.sla.model_dump(mode="json") if outputs.sla else None,
         "gpuinfra_software": load_catalog().software.model_dump(mode="json", exclude={"sources"}),
     }
-    if len(outputs["instance_types"]) == 1:
-        variables["gpuinfra_instance_type"] = outputs["instance_types"][0]
+    if len(outputs.instance_types) == 1:
+        variables["gpuinfra_instance_type"] = outputs.instance_types[0]
     return variables
 
 
-def parse_hosts(items: list[str], instance_types: list[str]) -> dict[str, dict[str, Any]]:
+# --- hosts ------------------------------------------------------------------------------------------------
+
+
+def host_problem(name: str) -> str | None:
+    """Why NAME is neither an IP address nor a DNS host name, or None."""
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    labels = name.rstrip(".").split(".")
+    if len(name) > 253 or not all(HOSTNAME_LABEL.match(label) for label in labels):
+        return "is neither an IP address nor a host name (letters, digits and '-' in dot-separated labels)"
+    if labels[-1].isdigit():
+        return "looks like an IPv4 address but is not a valid one"
+    return None
+
+
+def parse_hosts(items: list[str], outputs: StackOutputs) -> dict[str, dict[str, Any]]:
+    """--hosts NAME[=TYPE],... checked: real addresses or names, no duplicates, a whole number of copies."""
     hosts: dict[str, dict[str, Any]] = {}
-    problems = []
+    problems: list[Problem] = []
+    types = outputs.instance_types
     for item in items:
-        for entry in filter(None, (part.strip() for part in item.split(","))):
+        for entry in (part.strip() for part in item.split(",")):
+            if not entry:
+                continue
             name, _, instance_type = entry.partition("=")
+            shown = name[:80]
+            problem = host_problem(name)
+            if problem:
+                problems.append(Problem("--hosts", f"{shown!r} {problem}"))
+                continue
+            if name.lower() in (h.lower() for h in hosts):
+                problems.append(Problem("--hosts", f"{shown} is given twice"))
+                continue
             host_vars: dict[str, Any] = {}
             if instance_type:
-                if instance_type not in instance_types:
-                    problems.append(Problem("--hosts", f"{name}: {instance_type} is not one of the stack's "
-                                                       f"instance types ({', '.join(instance_types)})"))
+                if instance_type not in types:
+                    problems.append(Problem("--hosts", f"{shown}: {instance_type[:40]!r} is not one of the stack's "
+                                                       f"instance types ({', '.join(types)})"))
                 host_vars["gpuinfra_instance_type"] = instance_type
-            elif len(instance_types) > 1:
-                problems.append(Problem("--hosts", f"{name}: say which instance type it is (NAME=TYPE); the stack "
-                                                   f"launches {', '.join(instance_types)}"))
+            elif len(types) > 1:
+                problems.append(Problem("--hosts", f"{shown}: say which instance type it is (NAME=TYPE); the stack "
+                                                   f"launches {', '.join(types)}"))
             hosts[name] = host_vars
+    if items and not hosts and not problems:
+        problems.append(Problem("--hosts", "names no host"))
+    if hosts and not problems:
+        problems += _shape_problems(len(hosts), outputs)
     if problems:
         raise InputError(problems)
     return hosts
 
 
-def static_inventory(outputs: dict[str, Any], hosts: list[str]) -> str:
-    variables = group_vars(outputs)
-    group = {"hosts": parse_hosts(hosts, outputs["instance_types"]) or None, "vars": variables}
-    return yaml.safe_dump({"all": {"children": {NODE_GROUP: group}}}, sort_keys=False, width=120)
+def _shape_problems(count: int, outputs: StackOutputs) -> list[Problem]:
+    if count > outputs.nodes:
+        return [Problem("--hosts", f"{count} hosts, but stack {outputs.stack} has {outputs.nodes} node(s)")]
+    if count % outputs.nodes_per_copy:
+        return [Problem("--hosts", f"{count} hosts is not a whole number of model copies: one copy spans "
+                                   f"{outputs.nodes_per_copy} nodes")]
+    return []
 
 
-def aws_ec2_source(outputs: dict[str, Any]) -> dict[str, Any]:
+# --- writing ----------------------------------------------------------------------------------------------
+
+
+class _Unsafe(str):
+    """A string Ansible must never render as a template (dumped with the `!unsafe` tag)."""
+
+
+class _InventoryDumper(yaml.SafeDumper):
+    pass
+
+
+_InventoryDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+
+
+def _as_data(value: Any) -> Any:
+    """VALUE with every string value (not mapping keys) marked never-to-be-templated."""
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {key: _as_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_data(item) for item in value]
+    return value
+
+
+def dump_inventory_yaml(document: Any) -> str:
+    return yaml.dump(_as_data(document), Dumper=_InventoryDumper, sort_keys=False, width=120)
+
+
+def static_inventory(outputs: StackOutputs, hosts: list[str]) -> str:
+    group = {"hosts": parse_hosts(hosts, outputs) or None, "vars": group_vars(outputs)}
+    return dump_inventory_yaml({"all": {"children": {NODE_GROUP: group}}})
+
+
+def aws_ec2_source(outputs: StackOutputs) -> dict[str, Any]:
+    """The inventory plugin's config. `compose` values are Jinja expressions: constants only, never input."""
     return {
         "plugin": "amazon.aws.aws_ec2",
-        "regions": [outputs["region"]],
-        "filters": {"tag:gpuinfra:stack": outputs["stack"], "instance-state-name": "running"},
+        "regions": [outputs.region],
+        "filters": {"tag:gpuinfra:stack": outputs.stack, "instance-state-name": "running"},
         "hostnames": ["instance-id"],
         "groups": {NODE_GROUP: "true"},
         "compose": {
@@ -83,31 +263,66 @@ def aws_ec2_source(outputs: dict[str, Any]) -> dict[str, Any]:
             # SSM reaches a node by instance id; nodes reach each other (and Prometheus reaches them) by address.
             "gpuinfra_private_ip": "private_ip_address",
             "ansible_connection": "'community.aws.aws_ssm'",
-            "ansible_aws_ssm_region": f"'{outputs['region']}'",
         },
     }
 
 
-def write_directory(outputs: dict[str, Any], directory: Path) -> list[Path]:
-    variables = group_vars(outputs)
-    (directory / "group_vars").mkdir(parents=True, exist_ok=True)
-    written = [directory / "aws_ec2.yml", directory / "group_vars" / f"{NODE_GROUP}.yml"]
-    written[0].write_text(yaml.safe_dump(aws_ec2_source(outputs), sort_keys=False), encoding="utf-8")
-    written[1].write_text("# Written by `gpuinfra inventory`; regenerate rather than edit.\n"
-                          + yaml.safe_dump(variables, sort_keys=False, width=120), encoding="utf-8")
-    return written
+def check_output_directory(directory: Path) -> None:
+    """Refuse, before any work, an --output that is a file or cannot be created or written."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError([Problem("--output", f"{directory} exists and is not a directory")])
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError([Problem("--output", f"{directory}: {existing} is not a directory")])
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError([Problem("--output", f"{directory}: {existing} is not writable")])
 
 
-def load_json_object(path: str, flag: str) -> dict[str, Any]:
+def write_directory(outputs: StackOutputs, directory: Path) -> list[Path]:
+    """Write the aws_ec2 source and group_vars atomically: staged in a temporary directory beside DIR, then
+    renamed into place, so a failure leaves DIR as it was."""
+    variables = {**group_vars(outputs), "ansible_aws_ssm_region": outputs.region}
+    files = {
+        Path("aws_ec2.yml"): yaml.safe_dump(aws_ec2_source(outputs), sort_keys=False),
+        Path("group_vars") / f"{NODE_GROUP}.yml": "# Written by `gpuinfra inventory`; regenerate rather than edit.\n"
+                                                   + dump_inventory_yaml(variables),
+    }
+    check_output_directory(directory)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError([Problem(flag, f"cannot read {path}: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise InputError([Problem(flag, f"{path} must hold a JSON object")])
-    return data
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as exc:
+        raise InputError([Problem("--output", f"{directory}: {exc.strerror or exc}")]) from None
+    try:
+        for relative, text in files.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_text(text, encoding="utf-8")
+        _move_into_place(staging, directory, list(files))
+    except OSError as exc:
+        raise InputError([Problem("--output", f"{directory}: {exc.strerror or exc}; nothing was changed")]) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [directory / relative for relative in files]
 
 
-def load_outputs(path: str) -> dict[str, Any]:
-    """`pulumi stack output --json` of a deployed stack."""
-    return load_json_object(path, "--outputs")
+def _move_into_place(staging: Path, directory: Path, files: list[Path]) -> None:
+    if not directory.exists():
+        staging.rename(directory)  # one rename: all or nothing
+        return
+    for relative in files:  # regeneration: each file replaced by one atomic rename
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / relative, directory / relative)
+
+
+class _InventoryLoader(yaml.SafeLoader):
+    pass
+
+
+_InventoryLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
+def read_inventory_yaml(text: str) -> Any:
+    """An inventory gpuinfra wrote, as plain data (`!unsafe` strings read as the strings they are)."""
+    return yaml.load(text, Loader=_InventoryLoader)  # noqa: S506 - a SafeLoader subclass with one scalar tag

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -10,6 +12,18 @@ from rich.text import Text
 from gpuinfra.sizing import Evaluation, PlanResult
 
 BAR_WIDTH = 60
+# Piped output (CI logs, `| less`) has no terminal width to honour: rich would fall back to 80 columns and cut
+# cells such as `p5en.48xlarge` to `p5en.…`. Lay it out this wide instead (COLUMNS still wins when set).
+PIPE_WIDTH = 400
+PANEL_WIDTH = 160
+
+
+def console_for(out) -> Console:
+    """A console for OUT: the terminal's width on a terminal, wide enough for any row when piped."""
+    is_terminal = hasattr(out, "isatty") and out.isatty()
+    columns = os.environ.get("COLUMNS", "")
+    width = None if is_terminal else (int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH)
+    return Console(file=out, width=width)
 SEGMENTS = (("weights", "bold blue"), ("overhead", "magenta"), ("KV cache", "green"), ("free", "dim"))
 
 
@@ -75,7 +89,8 @@ def render_evaluation(e: Evaluation, console: Console) -> None:
     for note in e.notes:
         body.append(Text(f"• {note}", style="yellow"))
     body.append(Text("assumptions: " + "; ".join(e.assumptions), style="dim"))
-    console.print(Panel(Group(*body), title=title, title_align="left"))
+    # A panel is prose: cap it at a readable width (its rows wrap at words; nothing in it is cut).
+    console.print(Panel(Group(*body), title=title, title_align="left", width=min(console.width, PANEL_WIDTH)))
 
 
 def render_plan(result: PlanResult, console: Console, rejected_limit: int = 12) -> None:

@@ -24,11 +24,13 @@ def plan_of(stack: str) -> dict:
 
 @functools.cache
 def _plan(stack: str) -> dict:
-    inventory = subprocess.run([str(GPUINFRA), "inventory", stack, "--hosts", "n1,n2"], capture_output=True,
-                               text=True, check=True).stdout
-    import yaml
+    from gpuinfra.config import load_stack
+    from gpuinfra.inventory import read_inventory_yaml
 
-    group = yaml.safe_load(inventory)["all"]["children"]["gpu_nodes"]["vars"]
+    hosts = ",".join(f"n{index + 1}" for index in range(load_stack(stack).config.nodes))
+    inventory = subprocess.run([str(GPUINFRA), "inventory", stack, "--hosts", hosts], capture_output=True,
+                               text=True, check=True).stdout
+    group = read_inventory_yaml(inventory)["all"]["children"]["gpu_nodes"]["vars"]
     return group["gpuinfra_node_plans"][group["gpuinfra_instance_type"]]["serving"]
 
 

@@ -25,6 +25,7 @@ def _raw():
         "instances": read_catalog_file("instances.yaml")["instances"],
         "models": read_catalog_file("models.yaml")["models"],
         "software": read_catalog_file("software.yaml")["software"],
+        "regions": read_catalog_file("regions.yaml"),
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from gpuinfra.cli import main
+from gpuinfra.inventory import read_inventory_yaml
 
 PLAN_KEYS = {"stack", "resources", "violations", "cost_per_hour_usd", "sizing"}
 
@@ -73,7 +74,7 @@ def test_unknown_stack_names_the_shipped_ones(capsys):
 def test_inventory_static_form(capsys):
     code, out, err = run("inventory", "prod-r1", "--hosts", "10.0.0.5,10.0.0.6", capsys=capsys)
     assert code == 0, err
-    inventory = yaml.safe_load(out)
+    inventory = read_inventory_yaml(out)
     group = inventory["all"]["children"]["gpu_nodes"]
     assert set(group["hosts"]) == {"10.0.0.5", "10.0.0.6"}
     variables = group["vars"]
@@ -99,7 +100,7 @@ def test_inventory_needs_the_type_of_each_host_when_the_stack_launches_several(c
     assert code == 2 and "say which instance type it is" in err
     code, out, _ = run("inventory", "spot-32b", "--hosts", "a=g5.48xlarge", capsys=capsys)
     assert code == 0
-    host = yaml.safe_load(out)["all"]["children"]["gpu_nodes"]["hosts"]["a"]
+    host = read_inventory_yaml(out)["all"]["children"]["gpu_nodes"]["hosts"]["a"]
     assert host == {"gpuinfra_instance_type": "g5.48xlarge"}
 
 
@@ -115,7 +116,7 @@ def test_inventory_from_deployed_outputs_and_directory_form(tmp_path, capsys):
     assert source["plugin"] == "amazon.aws.aws_ec2"
     assert source["filters"]["tag:gpuinfra:stack"] == "prod-70b"
     assert source["compose"]["gpuinfra_private_ip"] == "private_ip_address"
-    group_vars = yaml.safe_load((tmp_path / "inv" / "group_vars" / "gpu_nodes.yml").read_text())
+    group_vars = read_inventory_yaml((tmp_path / "inv" / "group_vars" / "gpu_nodes.yml").read_text())
     assert set(group_vars["gpuinfra_node_plans"]) == {"p4de.24xlarge", "p5.48xlarge"}
     code, _, err = run("inventory", "prod-r1", "--outputs", str(outputs_file), capsys=capsys)
     assert code == 2 and "belong to stack prod-70b" in err

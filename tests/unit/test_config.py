@@ -48,7 +48,7 @@ def test_every_problem_is_reported_at_once_with_its_path():
     assert found["cluster.weights.source"] == "must be s3://bucket[/prefix] or hf://org/repo"
     assert found["cluster.concurrency"] == "Input should be greater than 0"
     assert found["cluster.capactiy"] == "unknown field (check the spelling)"
-    assert "opens SSH to the whole internet" in found["cluster.access.ssh_cidrs"]
+    assert "opens SSH to the whole IPv4 internet" in found["cluster.access.ssh_cidrs"]
     assert found["cluster.instance_types.0"] == "g6e.xlarge has no EFA; a model copy spans 2 nodes and needs it"
     assert "unknown instance type 'p9.large'" in found["cluster.instance_types.1"]
     assert "is required: a model copy spans 2 nodes" in found["cluster.availability_zone"]
@@ -65,7 +65,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         ({"capacity": {"type": "capacity-block"}}, "cluster.capacity.capacity-block.reservation_id", "Field required"),
         ({"capacity": {"type": "capacity-block", "reservation_id": "cr-0123456789abcdef0"}},
          "cluster.availability_zone", "required with a capacity reservation"),
-        ({"region": "us-east-1", "availability_zone": "eu-west-1a"}, "cluster.availability_zone", "not in region"),
+        ({"region": "us-east-1", "availability_zone": "eu-west-1a"}, "cluster.availability_zone",
+         "is not a zone of region us-east-1"),
         ({"nodes": -2}, "cluster.nodes", "greater than or equal to 1"),
         ({"hourly_budget_usd": 0.5}, "cluster.instance_types", "within $0.50/h"),
         ({"hourly_budget_usd": 0.5, "instance_types": ["g6.2xlarge"]}, "cluster.hourly_budget_usd",

@@ -37,6 +37,7 @@ def load_catalog() -> Catalog:
         instances=_read("instances.yaml")["instances"],
         models=_read("models.yaml")["models"],
         software=_read("software.yaml")["software"],
+        regions=_read("regions.yaml"),
     )
 
 
@@ -86,3 +87,15 @@ def find_instance_type(name: str, path: str = "instance_type") -> InstanceType:
 
 def gpu_of(instance: InstanceType) -> Gpu:
     return find_gpu(instance.gpu)
+
+
+def region_names() -> list[str]:
+    return [region.name for region in load_catalog().regions.regions]
+
+
+def region_problem(name: str) -> str | None:
+    """Why NAME is not an AWS region gpuinfra can deploy to, or None when it is one."""
+    names = region_names()
+    if name in names:
+        return None
+    return f"{name!r} is not an AWS region: {_suggest(name, names)}"

@@ -201,12 +201,23 @@ class Software(CatalogModel):
         return self
 
 
+class Region(CatalogModel):
+    name: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$", description="AWS region name")
+    partition: Literal["aws", "aws-cn", "aws-us-gov"]
+
+
+class Regions(CatalogModel):
+    regions: tuple[Region, ...]
+    sources: list[str]
+
+
 class Catalog(CatalogModel):
     sources: dict[str, Source]
     gpus: tuple[Gpu, ...]
     instances: tuple[InstanceType, ...]
     models: tuple[ModelEntry, ...]
     software: Software
+    regions: Regions
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Catalog:
@@ -217,6 +228,8 @@ class Catalog(CatalogModel):
             for what, sid in record.sources.items():
                 if sid not in self.sources:
                     errors.append(f"{label}: source {sid!r} for {what} is not in sources.yaml")
+        errors += [f"regions: source {sid!r} is not in sources.yaml" for sid in self.regions.sources
+                   if sid not in self.sources]
         for inst in self.instances:
             if inst.price.source not in self.sources:
                 errors.append(f"{inst.name}: price source {inst.price.source!r} unknown")

@@ -35,6 +35,67 @@ def _options() -> PolicyResourceOptions:
                                  custom_timeouts=None, additional_secret_outputs=[])
 
 
+ENFORCEMENT_LEVELS = tuple(level.value for level in EnforcementLevel)
+ALL_POLICIES = "all"
+
+
+def load_policy_config(path: str, label: str) -> dict[str, dict[str, Any]]:
+    """A `--policy-pack-config` file, checked as CrossGuard would: known policy names, exact enforcement
+    levels, and each policy's values against its config_schema. Every problem is reported at once."""
+    from gpuinfra.documents import load_json_object
+
+    return check_policy_config(load_json_object(path, label), label)
+
+
+def check_policy_config(raw: Mapping[str, Any], label: str,
+                        policies=None) -> dict[str, dict[str, Any]]:
+    """RAW normalised to {policy: {enforcementLevel?, ...values}}, with `all` applied to every policy."""
+    from gpuinfra.errors import InputError, Problem
+
+    policies = {p.name: p for p in (policies or POLICIES)}
+    problems: list[Problem] = []
+    normalised: dict[str, dict[str, Any]] = {}
+    every = _policy_entry(raw.get(ALL_POLICIES, {}), f"{label}: {ALL_POLICIES}", None, problems)
+    for name, entry in raw.items():
+        if name == ALL_POLICIES:
+            continue
+        if name not in policies:
+            problems.append(Problem(f"{label}: {name}", f"unknown policy (gpu-guardrails has {', '.join(policies)})"))
+            continue
+        normalised[name] = _policy_entry(entry, f"{label}: {name}", policies[name], problems)
+    if problems:
+        raise InputError(problems)
+    return {name: {**every, **normalised.get(name, {})} for name in policies if every or name in normalised}
+
+
+def _policy_entry(entry: Any, where: str, policy, problems: list) -> dict[str, Any]:
+    """One policy's entry: a level string, or an object of enforcementLevel plus config values."""
+    import jsonschema
+    from gpuinfra.errors import Problem
+
+    values = {"enforcementLevel": entry} if isinstance(entry, str) else entry
+    if not isinstance(values, dict):
+        problems.append(Problem(where, f"must be an enforcement level or an object, got {type(entry).__name__}"))
+        return {}
+    level = values.get("enforcementLevel")
+    if "enforcementLevel" in values and level not in ENFORCEMENT_LEVELS:
+        problems.append(Problem(f"{where}.enforcementLevel", f"{level!r} is not one of {', '.join(ENFORCEMENT_LEVELS)}"
+                                                             " (exactly, lower case)"))
+    settings = {k: v for k, v in values.items() if k != "enforcementLevel"}
+    if policy is None:
+        if settings:
+            problems.append(Problem(where, "takes only enforcementLevel"))
+        return values
+    schema = policy.config_schema
+    document = {"type": "object", "additionalProperties": False,
+                "properties": dict(schema.properties) if schema else {},
+                "required": list(schema.required or []) if schema else []}
+    for error in sorted(jsonschema.Draft7Validator(document).iter_errors(settings), key=lambda e: list(e.path)):
+        path = ".".join(str(part) for part in error.path)
+        problems.append(Problem(f"{where}{'.' + path if path else ''}", error.message))
+    return values
+
+
 def enforcement_of(policy, config: Mapping[str, Any]) -> str:
     level = config.get("enforcementLevel") or policy.enforcement_level or EnforcementLevel.ADVISORY
     return level.value if isinstance(level, EnforcementLevel) else str(level)
