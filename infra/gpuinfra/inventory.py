@@ -32,13 +32,15 @@ HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class _Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+    """Strict types: outputs are JSON written by the program, so "2" for a count is a sign of a wrong file."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True)
 
 
 class RequestOutput(_Contract):
     """The serving request as the stack outputs carry it (contract.serving_request)."""
 
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True, extra="forbid")
     model: str
     precision: str
     kv_cache_dtype: str
@@ -66,7 +68,7 @@ class StackOutputs(_Contract):
     """`pulumi stack output --json` of a gpuinfra stack, type-checked. Outputs the inventory does not use
     are kept as they are (extra keys allowed: a newer program may export more)."""
 
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="allow")
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True, extra="allow")
     stack: str
     region: str
     nodes: int = Field(ge=1, le=64)
@@ -281,8 +283,9 @@ def check_output_directory(directory: Path) -> None:
 
 
 def write_directory(outputs: StackOutputs, directory: Path) -> list[Path]:
-    """Write the aws_ec2 source and group_vars atomically: staged in a temporary directory beside DIR, then
-    renamed into place, so a failure leaves DIR as it was."""
+    """Write the aws_ec2 source and group_vars atomically: the new directory is built complete beside DIR
+    (keeping any other files DIR holds, such as host_vars) and swapped in by rename, so a failure at any
+    step leaves DIR exactly as it was."""
     variables = {**group_vars(outputs), "ansible_aws_ssm_region": outputs.region}
     files = {
         Path("aws_ec2.yml"): yaml.safe_dump(aws_ec2_source(outputs), sort_keys=False),
@@ -290,30 +293,31 @@ def write_directory(outputs: StackOutputs, directory: Path) -> list[Path]:
                                                    + dump_inventory_yaml(variables),
     }
     check_output_directory(directory)
+    staging = previous = None
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    except OSError as exc:
-        raise InputError([Problem("--output", f"{directory}: {exc.strerror or exc}")]) from None
-    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
+        if directory.exists():
+            shutil.copytree(directory, staging, symlinks=True, dirs_exist_ok=True)
         for relative, text in files.items():
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            (staging / relative).write_text(text, encoding="utf-8")
-        _move_into_place(staging, directory, list(files))
+            target = staging / relative
+            if target.is_dir():
+                raise IsADirectoryError(f"{directory / relative} is a directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        if directory.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            directory.rename(previous / "d")
+        staging.rename(directory)
     except OSError as exc:
+        if previous is not None and (previous / "d").exists() and not directory.exists():
+            (previous / "d").rename(directory)  # put the old directory back
         raise InputError([Problem("--output", f"{directory}: {exc.strerror or exc}; nothing was changed")]) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for leftover in (staging, previous):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
     return [directory / relative for relative in files]
-
-
-def _move_into_place(staging: Path, directory: Path, files: list[Path]) -> None:
-    if not directory.exists():
-        staging.rename(directory)  # one rename: all or nothing
-        return
-    for relative in files:  # regeneration: each file replaced by one atomic rename
-        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, directory / relative)
 
 
 class _InventoryLoader(yaml.SafeLoader):

@@ -55,15 +55,16 @@ def test_set_overrides_a_field(capsys):
     assert plan["cost_per_hour_usd"] == pytest.approx(64 * plan["sizing"][0]["cost_per_hour_usd"], abs=0.01)
 
 
-def test_plan_bad_input_exits_2_with_every_reason(capsys):
+def test_plan_bad_input_exits_2_and_infeasible_exits_1(capsys):
     code, out, err = run("plan", "prod-70b", "--set", "instance_types=g6e.xlarge", "--set", "nodes=0",
                          "--set", "bogus", capsys=capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert "--set: 'bogus' is not FIELD=VALUE" in err
     code, _, err = run("plan", "prod-70b", "--set", "instance_types=g6e.xlarge", "--set", "nodes=0", capsys=capsys)
     assert code == 2 and "cluster.nodes" in err
-    code, _, err = run("plan", "prod-70b", "--set", "instance_types=g6e.xlarge", capsys=capsys)
-    assert code == 2 and "cluster.instance_types.0: g6e.xlarge x 1 node(s): weights need" in err
+    # Well-formed but infeasible: exit 1, as `gpuinfra size` does (one rule for every command).
+    code, out, err = run("plan", "prod-70b", "--set", "instance_types=g6e.xlarge", capsys=capsys)
+    assert code == 1 and out == "" and "error: cluster.instance_types.0: g6e.xlarge x 1 node(s): weights need" in err
 
 
 def test_unknown_stack_names_the_shipped_ones(capsys):
