@@ -131,7 +131,10 @@ def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> list[Problem]
 
 def parse_yaml(text: str, label: str) -> Any:
     """TEXT as plain data (safe tags only), refusing duplicate keys, deep nesting, alias bombs, NaN/inf."""
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters here already
+    except yaml.YAMLError as exc:
+        raise InputError([Problem(label, f"not valid YAML: {_yaml_reason(exc)}")]) from None
     try:
         node = loader.get_single_node()
         if node is None:

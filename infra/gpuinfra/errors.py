@@ -16,7 +16,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}" if self.path else self.reason
+        text = f"{self.path}: {self.reason}" if self.path else self.reason
+        return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)  # one problem, one line
 
 
 class InputError(ValueError):
