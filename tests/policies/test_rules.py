@@ -100,6 +100,27 @@ def test_gpu_sizing_ignores_resources_without_a_serving_request():
     assert check(gpu_sizing, template) == []
 
 
+@pytest.mark.parametrize("launcher", ["fleet", "spot-fleet-inline", "spot-fleet-template"])
+def test_every_gpu_launcher_is_sized_and_host_checked(launcher):
+    """A fleet or spot fleet request launching a GPU too small must not escape gpu-sizing or host-minimums."""
+    template = one("prod-70b", "LaunchTemplate")
+    tags = template.inputs["tags"]
+    props = {
+        "fleet": ("aws:ec2/fleet:Fleet", {"tags": tags, "launchTemplateConfigs": [
+            {"launchTemplateSpecification": {"launchTemplateId": "lt-1"}, "overrides": [{"instanceType": "g6e.xlarge"}]}
+        ]}),
+        "spot-fleet-inline": ("aws:ec2/spotFleetRequest:SpotFleetRequest", {"tags": tags, "launchSpecifications": [
+            {"ami": "ami-12345678", "instanceType": "g6e.xlarge"}]}),
+        "spot-fleet-template": ("aws:ec2/spotFleetRequest:SpotFleetRequest", {"tags": tags, "launchTemplateConfigs": [
+            {"launchTemplateSpecification": {"id": "lt-1"}, "overrides": [{"instanceType": "g6e.xlarge"}]}]}),
+    }[launcher]
+    fleet = RecordedResource(type=props[0], name="escape", urn=f"urn:pulumi:t::p::{props[0]}::escape", id="x",
+                             inputs=props[1], parent=None, custom=True)
+    (sizing_message,) = check(gpu_sizing, fleet)
+    assert sizing_message.startswith("g6e.xlarge x 1 cannot serve deepseek-r1-distill-llama-70b")
+    assert check(host_minimums, fleet), "host-minimums let a too-small host through"
+
+
 # --- host-minimums --------------------------------------------------------------------------------------
 
 def test_host_minimums_pass_and_fail_on_the_organisation_floor():

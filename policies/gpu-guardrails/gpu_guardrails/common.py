@@ -22,7 +22,9 @@ EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 LEGACY_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 SUBNET = "aws:ec2/subnet:Subnet"
 PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
-GPU_LAUNCHERS = (LAUNCH_TEMPLATE, AUTO_SCALING_GROUP, INSTANCE, FLEET)
+# Every AWS resource that can start a GPU instance: each one's instance types go through the sizing and host
+# rules (a type left out here would be a way around them).
+GPU_LAUNCHERS = (LAUNCH_TEMPLATE, AUTO_SCALING_GROUP, INSTANCE, FLEET, SPOT_FLEET)
 
 TAG_MODEL = "gpuinfra:model"
 
@@ -61,11 +63,13 @@ def launchable_types(resource_type: str, props: Mapping[str, Any]) -> list[str]:
         policy = props.get("mixedInstancesPolicy") or {}
         overrides = (policy.get("launchTemplate") or {}).get("overrides") or []
         return [o["instanceType"] for o in overrides if o.get("instanceType")]
-    if resource_type == FLEET:
+    if resource_type in (FLEET, SPOT_FLEET):
         names = []
         for config in props.get("launchTemplateConfigs") or []:
             names += [o["instanceType"] for o in config.get("overrides") or [] if o.get("instanceType")]
-        return names
+        # A spot fleet may also launch from inline launch specifications.
+        names += [spec["instanceType"] for spec in props.get("launchSpecifications") or [] if spec.get("instanceType")]
+        return list(dict.fromkeys(names))
     return []
 
 
