@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from gpuinfra.environments.cli import add_env_parser, run_env
 from gpuinfra.errors import InfeasibleError, InputError, Problem
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -109,6 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     catalog = commands.add_parser("catalog", parents=[common], help="list catalog models, GPUs or instance types")
     catalog.add_argument("kind", choices=["models", "gpus", "instances", "software"])
     catalog.add_argument("--json", action="store_true")
+    add_env_parser(commands)
     return parser
 
 
@@ -354,7 +356,7 @@ def _price(value: float | None) -> str:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
-    "size": _size, "plan": _plan, "inventory": _inventory, "catalog": _catalog}
+    "size": _size, "plan": _plan, "inventory": _inventory, "catalog": _catalog, "env": run_env}
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

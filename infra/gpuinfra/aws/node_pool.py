@@ -121,6 +121,9 @@ class GpuNodePool(pulumi.ComponentResource):
             capacity_reservation_specification=capacity_reservation,
             instance_market_options=market_options,
             monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
+            # A node that powers itself off (the node_expiry role's dead man's switch at expiry + grace) is
+            # terminated, not kept stopped with its volumes billing.
+            instance_initiated_shutdown_behavior="terminate",
             user_data=user_data,
             update_default_version=True,
             tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)

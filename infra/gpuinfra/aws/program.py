@@ -14,6 +14,7 @@ from gpuinfra.aws.network import Network, NetworkArgs
 from gpuinfra.aws.node_pool import GpuNodePool, GpuNodePoolArgs
 from gpuinfra.config import CONFIG_KEY, CreateVpc, ResolvedCluster, parse_cluster, resolve
 from gpuinfra.contract import stack_contract
+from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, lifecycle_tags
 from gpuinfra.errors import InputError
 
 MAX_NODE_ZONES = 3
@@ -47,10 +48,12 @@ def choose_zones(cluster: ResolvedCluster, available: list[str]) -> tuple[list[s
     return node_zones, [node_zones[0], *others[:1]]
 
 
-def declare(cluster: ResolvedCluster) -> dict[str, Any]:
+def declare(cluster: ResolvedCluster, environment_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """ENVIRONMENT_TAGS (an on-demand environment's owner, expiry, budget, price) go on every resource, the
+    launch templates' instances, volumes and interfaces included."""
     config = cluster.config
     name = f"gpuinfra-{cluster.stack}"
-    tags = stack_tags(cluster)
+    tags = {**stack_tags(cluster), **(environment_tags or {})}
     provider = aws.Provider("aws", region=config.region)
     top = pulumi.ResourceOptions(providers={"aws": provider})
     node_zones: list[str] = []
@@ -97,11 +100,14 @@ def declare(cluster: ResolvedCluster) -> dict[str, Any]:
 
 def main() -> None:
     """Entry point for `pulumi up`: the stack's `gpuinfra:cluster` object, validated before anything is declared."""
-    raw = pulumi.Config("gpuinfra").require_object(CONFIG_KEY.split(":", 1)[1])
+    settings = pulumi.Config("gpuinfra")
+    raw = settings.require_object(CONFIG_KEY.split(":", 1)[1])
+    environment = settings.get_object(ENVIRONMENT_CONFIG_KEY.split(":", 1)[1])  # set by `gpuinfra env up`
     try:
         cluster = resolve(pulumi.get_stack(), parse_cluster(raw))
+        extra_tags = lifecycle_tags(environment) if environment is not None else None
     except InputError as exc:
         # RunError prints the message alone: every problem with its path, no traceback, nothing declared.
         raise pulumi.RunError("invalid stack config:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
-    for key, value in declare(cluster).items():
+    for key, value in declare(cluster, extra_tags).items():
         pulumi.export(key, value)
