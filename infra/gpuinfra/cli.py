@@ -23,7 +23,8 @@ from gpuinfra.errors import InfeasibleError, InputError, Problem
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 # Bounds on counts a user types: well past any real deployment, far short of what would hang the planner.
-LIMITS = {"--nodes": 64, "--max-nodes": 64, "--gpus-per-node": 16, "--concurrency": 65536,
+LIMITS = {"--input-tokens": 16_777_216, "--output-tokens": 16_777_216, "--nodes": 64, "--max-nodes": 64,
+          "--gpus-per-node": 16, "--concurrency": 65536,
           "--context": 16_777_216, "--max-num-batched-tokens": 16_777_216, "--tensor-parallel": 16}
 
 
@@ -86,6 +87,11 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--gpus-per-node", metavar="N")
     size.add_argument("--nodes", metavar="N", help="nodes the model spans (pipeline parallel across them)")
     size.add_argument("--max-nodes", metavar="N", help="planner: largest node count to consider (default 4)")
+    size.add_argument("--input-tokens", metavar="N", help="prompt tokens per request, for the speed prediction")
+    size.add_argument("--output-tokens", metavar="M", help="output tokens per request, for the speed prediction")
+    size.add_argument("--ttft-p99", metavar="S", help="planner SLA: time to first token, seconds")
+    size.add_argument("--min-stream-tokens-per-s", metavar="R",
+                      help="planner SLA: output tokens/s each stream must see (default 10, about reading speed)")
     size.add_argument("--json", action="store_true", help="machine-readable output")
     plan = commands.add_parser("plan", parents=[common], help="what `pulumi up --stack STACK` would create, offline")
     plan.add_argument("stack", metavar="STACK", nargs="?",
@@ -219,11 +225,17 @@ def _size(args: argparse.Namespace, out) -> int:
     ):
         problems.append(Problem("--tensor-parallel", f"{request.tensor_parallel} exceeds the "
                                                      f"{hardware.gpus_per_node} GPUs per node"))
+    workload, sla = _load_and_sla(args, request, problems)
     if problems:
         raise InputError(problems)
     assert request is not None
     if hardware is not None:
         evaluation = evaluate(request, hardware)
+        if workload is not None and evaluation.feasible:
+            from gpuinfra.performance import predict
+
+            evaluation = evaluation.model_copy(update={"performance": predict(request, evaluation, hardware.gpu,
+                                                                               workload)})
         if args.json:
             out.write(json.dumps(_evaluation_with_serving(request, evaluation), indent=2) + "\n")
         else:
@@ -231,7 +243,10 @@ def _size(args: argparse.Namespace, out) -> int:
 
             render_evaluation(evaluation, console_for(out))
         return EXIT_OK if evaluation.feasible else EXIT_INFEASIBLE
-    result = plan(request, max_nodes=max_nodes or 4)
+    from gpuinfra.performance import default_workload, rank_by_sla
+
+    result = rank_by_sla(plan(request, max_nodes=max_nodes or 4), request, workload or default_workload(request),
+                         sla)
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
     else:
@@ -239,6 +254,27 @@ def _size(args: argparse.Namespace, out) -> int:
 
         render_plan(result, console_for(out))
     return EXIT_OK if result.options else EXIT_INFEASIBLE
+
+
+def _load_and_sla(args: argparse.Namespace, request, problems: list[Problem]):
+    """The workload to predict speed for (None unless asked for) and the planner's SLA, from the flags."""
+    from gpuinfra.performance import Sla, Workload, default_workload
+
+    input_tokens = _number(args.input_tokens, "--input-tokens", problems)
+    output_tokens = _number(args.output_tokens, "--output-tokens", problems)
+    ttft = _number(args.ttft_p99, "--ttft-p99", problems, float)
+    floor = _number(args.min_stream_tokens_per_s, "--min-stream-tokens-per-s", problems, float)
+    sla = Sla(ttft_p99_s=ttft, **({"min_stream_tokens_per_s": floor, "floor_is_default": False} if floor else {}))
+    if request is None or not (input_tokens or output_tokens):
+        return None, sla
+    default = default_workload(request)
+    workload = Workload(input_tokens=input_tokens or default.input_tokens,
+                        output_tokens=output_tokens or default.output_tokens, concurrency=request.concurrency)
+    if workload.input_tokens + workload.output_tokens > request.context_tokens:
+        problems.append(Problem("--input-tokens", f"{workload.input_tokens} + {workload.output_tokens} output "
+                                                  f"tokens exceed the {request.context_tokens}-token context"))
+        return None, sla
+    return workload, sla
 
 
 def _catalog(args: argparse.Namespace, out) -> int:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gpuinfra.architecture import LayerParams, ModelArchitecture
 from gpuinfra.catalog import Gpu, InstanceType, ModelEntry, find_gpu, load_catalog
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
+from gpuinfra.performance import Performance
 
 GIB = 1024**3
 
@@ -243,6 +244,9 @@ class Evaluation(BaseModel):
     cost_per_hour_usd: float | None
     cost_per_million_output_tokens_usd: float | None
     assumptions: list[str]
+    performance: Performance | None = Field(None, description="Speed at a given load (gpuinfra.performance)")
+    cost_per_million_output_tokens_at_load_usd: float | None = Field(
+        None, description="$/h over the predicted output tokens/s at that load")
 
 
 # --- weights -------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ from importlib import resources
 
 import yaml
 
-from gpuinfra.catalog.schema import Catalog, Gpu, InstanceType, ModelEntry, Source
+from gpuinfra.catalog.schema import Catalog, Gpu, GpuPerformance, InstanceType, ModelEntry, Source
 from gpuinfra.errors import InputError, Problem
 
 __all__ = [
     "Catalog",
     "Gpu",
+    "GpuPerformance",
     "InstanceType",
     "ModelEntry",
     "Source",

@@ -23,6 +23,15 @@ class Source(CatalogModel):
 SourceMap = Annotated[dict[str, str], Field(description="What each source id backs: field group -> source id")]
 
 
+class GpuPerformance(CatalogModel):
+    """Serving-speed efficiencies of vLLM on this GPU (gpuinfra.performance), with the run they came from."""
+
+    prefill_efficiency: float = Field(gt=0, le=1, description="Share of dense tensor throughput in prefill")
+    decode_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth in decode")
+    decode_step_overhead_ms: float = Field(ge=0, description="Fixed cost per decode step")
+    source: str = Field(description="The measured run (docs/validation/...) or 'derived from the GPU's spec'")
+
+
 class Gpu(CatalogModel):
     name: str
     aliases: tuple[str, ...] = ()
@@ -37,6 +46,7 @@ class Gpu(CatalogModel):
     fp8_tensor_cores: bool
     nvlink_gbs_bidir: float | None = None
     unified_memory: bool = Field(False, description="CPU and GPU share one memory pool (Jetson)")
+    performance: GpuPerformance | None = Field(None, description="Measured serving efficiencies; default: derived")
     sources: SourceMap
 
     @model_validator(mode="after")
