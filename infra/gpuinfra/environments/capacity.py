@@ -140,8 +140,18 @@ def reservation_problems(found: dict[str, Any], what: str, cluster: ResolvedClus
 
 
 def check_capacity(cluster: ResolvedCluster, api: CapacityApi, expires_at: datetime) -> list[CapacityFinding]:
-    return [*check_offering(cluster, api), *check_quota(cluster, api),
-            *check_reservation(cluster, api, expires_at)]
+    """Every check; one that cannot get an answer (no access, API error) is a failed finding, not a pass."""
+    checks = (("offering", lambda: check_offering(cluster, api)), ("quota", lambda: check_quota(cluster, api)),
+              ("reservation", lambda: check_reservation(cluster, api, expires_at)))
+    findings: list[CapacityFinding] = []
+    for name, check in checks:
+        try:
+            findings.extend(check())
+        except Exception as exc:  # botocore's errors and the network's: refuse rather than launch blind
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            findings.append(CapacityFinding(check=name, ok=False, message=f"could not be checked ({why}); fix access "
+                                                                          "or use --skip-capacity-checks"))
+    return findings
 
 
 class AwsCapacityApi:

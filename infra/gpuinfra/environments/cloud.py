@@ -69,6 +69,24 @@ class AwsCloud:
                     found.append(TaggedResource(arn=item["ResourceARN"], region=region, tags=tags))
         return found
 
+    def retag(self, region: str, stack: str, environment_id: str, tags: dict[str, str]) -> int:
+        """New tags on the environment's running instances: the Auto Scaling group only tags at launch, and the
+        node_expiry switch reads `gpuinfra:expires-at` from the instance metadata. Returns how many."""
+        ec2 = self.session.client("ec2", region_name=region)
+        ids = [instance["InstanceId"]
+               for page in ec2.get_paginator("describe_instances").paginate(
+                   Filters=running_instances_filter(stack, environment_id))
+               for reservation in page["Reservations"] for instance in reservation["Instances"]]
+        if ids:
+            ec2.create_tags(Resources=ids, Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())])
+        return len(ids)
+
+
+def running_instances_filter(stack: str, environment_id: str) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{STACK_TAG}", "Values": [stack]},
+            {"Name": "tag:gpuinfra:environment-id", "Values": [environment_id]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+
 
 class StandinCloud:
     """STAND-IN for AWS (see the module docstring). Nothing here reaches a network."""
@@ -101,6 +119,10 @@ class StandinCloud:
 
     def tagged_resources(self, regions: list[str]) -> list[TaggedResource]:
         return [TaggedResource(**entry) for entry in self._ledger() if entry["region"] in regions]
+
+    def retag(self, region: str, stack: str, environment_id: str, tags: dict[str, str]) -> int:
+        """The stand-in engine launches no instances (an Auto Scaling group would): nothing to retag."""
+        return 0
 
     # --- capacity answers
     def _capacity(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
-from gpuinfra.config import CONFIG_KEY, ResolvedCluster, stack_file
+from gpuinfra.config import CONFIG_KEY, ClusterConfig, ResolvedCluster, stack_file
 from gpuinfra.environments.backend import StackLocked
 from gpuinfra.environments.capacity import check_capacity
 from gpuinfra.environments.context import Context
@@ -101,16 +101,13 @@ def budget_problems(hourly_usd: float | None, ttl: timedelta, budget_usd: float 
 
 
 def capacity_problems(cluster: ResolvedCluster, ctx: Context, expires_at: datetime) -> list[Problem]:
-    try:
-        findings = check_capacity(cluster, ctx.cloud.capacity, expires_at)
-    except Exception as exc:  # an API that cannot answer: refuse rather than launch blind
-        return [Problem("capacity", f"the checks could not run ({exc}); fix access or use --skip-capacity-checks")]
+    findings = check_capacity(cluster, ctx.cloud.capacity, expires_at)
     return [Problem(f"capacity.{f.check}", f.message) for f in findings if not f.ok]
 
 
 def settings_document(cluster: ResolvedCluster, lifecycle: Lifecycle) -> dict[str, Any]:
     """The stack's config, as a Pulumi stack settings file holds it: the program reads both keys."""
-    return {"config": {CONFIG_KEY: cluster.config.model_dump(mode="json", exclude_defaults=True),
+    return {"config": {CONFIG_KEY: cluster.config.model_dump(mode="json"),
                        ENVIRONMENT_CONFIG_KEY: lifecycle.model_dump(mode="json")}}
 
 
@@ -215,6 +212,8 @@ def extend_environment(ctx: Context, name: str, by: timedelta) -> Lifecycle:
     ctx.engine.save_settings(name, settings)
     ctx.engine.set_tags(name, extended.stack_tags())
     run_up(ctx, name)  # the AWS tags (launch templates, instances launched from now on) move with it
+    region = settings["config"][CONFIG_KEY].get("region", ClusterConfig.model_fields["region"].default)
+    ctx.cloud.retag(region, name, extended.environment_id, extended.aws_tags())  # and the running instances'
     return extended
 
 
