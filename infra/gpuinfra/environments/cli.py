@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import shutil
 import sys
 from datetime import timedelta
@@ -56,6 +57,8 @@ def add_env_parser(subparsers) -> None:
     up.add_argument("--idle-after", default=DEFAULT_IDLE, metavar="DURATION",
                     help=f"destroy after this long without requests (default {DEFAULT_IDLE}; off: never)")
     up.add_argument("--protect", action="store_true", help="the reaper leaves it alone")
+    up.add_argument("--prometheus", metavar="URL", help="a Prometheus that scrapes the server's /metrics (job "
+                                                        "inference), for idle detection; --serve finds its own")
     up.add_argument("--skip-capacity-checks", action="store_true",
                     help="do not ask EC2/Service Quotas before creating (e.g. no read access to quotas)")
     up.add_argument("--serve", action="store_true", help="inventory, host bring-up and serving (site.yml), "
@@ -151,6 +154,8 @@ def up_request(args: argparse.Namespace):
     ttl = _duration(args.ttl, "--ttl", problems)
     idle = None if args.idle_after == "off" else _duration(args.idle_after, "--idle-after", problems)
     budget = _budget(args.budget, problems)
+    if args.prometheus and not re.fullmatch(r"https?://[\w.\-]+(:\d{1,5})?(/[\w.\-/]*)?", args.prometheus):
+        problems.append(Problem("--prometheus", f"{args.prometheus!r} is not an http(s)://host[:port][/path] URL"))
     if args.hosts_inventory and not args.serve:
         problems.append(Problem("--hosts-inventory", "is for --serve"))
     if args.hosts_inventory and not Path(args.hosts_inventory).is_file():
@@ -159,7 +164,7 @@ def up_request(args: argparse.Namespace):
         raise InputError(problems)
     return UpRequest(template=args.template, stack_file=args.stack_file, name=args.name, ttl=ttl, budget_usd=budget,
                      owner=owner, sets=args.sets, idle_after=idle, protected=args.protect,
-                     skip_capacity_checks=args.skip_capacity_checks)
+                     skip_capacity_checks=args.skip_capacity_checks, prometheus_url=args.prometheus)
 
 
 def _up(args: argparse.Namespace, ctx, out) -> int:

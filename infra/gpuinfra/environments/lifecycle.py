@@ -54,6 +54,8 @@ class UpRequest(Model):
     idle_after: timedelta | None
     protected: bool
     skip_capacity_checks: bool
+    prometheus_url: str | None = Field(None, description="A Prometheus scraping the server, for idle detection "
+                                                         "(--serve finds the monitoring role's own)")
 
 
 def template_source(request: UpRequest) -> tuple[str, Path]:
@@ -128,8 +130,9 @@ def up_environment(request: UpRequest, ctx: Context) -> tuple[Lifecycle, dict[st
                           budget_usd=request.budget_usd, protected=request.protected,
                           idle_after_s=int(request.idle_after.total_seconds()) if request.idle_after else None)
     try:
+        prometheus = {"gpuinfra:prometheus-url": request.prometheus_url} if request.prometheus_url else {}
         ctx.engine.create(request.name, settings_document(cluster, lifecycle),
-                          {**lifecycle.stack_tags(), PHASE_TAG: "creating"})
+                          {**lifecycle.stack_tags(), PHASE_TAG: "creating", **prometheus})
     except StackExists as exc:
         raise Refused([Problem("--name", f"{exc}; pick another name or `gpuinfra env down {request.name}`")]) from None
     return lifecycle, run_up(ctx, request.name)
