@@ -154,6 +154,16 @@ CASES = {
         "nvme_raid_label must be an XFS label of 1-12 letters",
         "nvme_raid_mount must be an absolute path other than / (is 'mnt/nvme')",
         "nvme_raid_devices must be device paths (/dev/...), not nvme1n1"]),
+    "node_expiry formats": ("host.yml", "node_expiry", {
+        "node_expiry_at": "tomorrow", "node_expiry_grace_minutes": -5, "node_expiry_check_every": "5 minutes",
+        "node_expiry_action": "halt"}, [
+        "value of node_expiry_action must be one of: poweroff, log, got: halt"]),
+    "node_expiry ranges": ("expiry.yml", "node_expiry", {
+        "node_expiry_at": "2020-01-01T00:00:00Z", "node_expiry_grace_minutes": -5,
+        "node_expiry_check_every": "5 minutes"}, [
+        "node_expiry_at 2020-01-01T00:00:00Z has passed: the environment is expired",
+        "node_expiry_grace_minutes must be 0 or more (is -5)",
+        "node_expiry_check_every must be a systemd time span like 30s, 5min or 1h (is '5 minutes')"]),
     "nvidia_repository formats": ("drivers.yml", "nvidia_repository", {
         "nvidia_repository_key_fingerprint": "eb693b3035cd5710e231e123a4b469963bf863cc",
         "nvidia_repository_url": "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/"}, [
@@ -297,6 +307,7 @@ STANDALONE = {
     "preflight": ({"preflight_nodes_per_copy": 0}, "preflight_nodes_per_copy must be 1-64 nodes"),
     "host_tuning": ({"host_tuning_hugepages_per_core": 0}, "host_tuning_hugepages_per_core must be 1 or more"),
     "nvme_raid": ({"nvme_raid_chunk_kib": 2}, "nvme_raid_chunk_kib must be 4 KiB or more"),
+    "node_expiry": ({"node_expiry_at": "tomorrow"}, "node_expiry_at must be a UTC time as YYYY-MM-DDTHH:MM:SSZ"),
     "nvidia_repository": ({"nvidia_repository_keyring": "keyring.asc"}, "nvidia_repository_keyring must be an "
                                                                           "absolute path"),
     "nvidia_driver": ({"nvidia_driver_branch": "r580"}, "nvidia_driver_branch must be a driver branch"),
