@@ -1,25 +1,31 @@
 """Serving speed: time to first token, inter-token latency and output tokens/s for a closed batch.
 
-A closed batch is C requests of N prompt tokens submitted together, each generating M tokens. The model:
+A closed batch is C requests of N prompt tokens submitted together, each generating M tokens. It is
+simulated step by step as vLLM's scheduler runs it (chunked prefill, FIFO, a token budget of
+max_num_batched_tokens per step, at most max_num_seqs in flight). One step costs
 
-* prefill is compute-bound: ``2 x active params x tokens`` plus causal attention ``2 x layers x N^2 x
-  heads x head_dim`` per request, at ``prefill_efficiency`` of the GPU's dense tensor throughput, split over
-  the TP ranks (pipeline stages run one after another for one request); the C prompts are prefilled before
-  the batch decodes, so the last request's first token comes after all C prefills;
-* a decode step reads each stage's weights once and every sequence's KV cache, at
-  ``decode_bandwidth_efficiency`` of HBM bandwidth, plus a fixed ``decode_step_overhead_ms`` (scheduler,
-  sampling, kernel launches), or is compute-bound when the batch is large, whichever is slower;
-* output tokens/s = C x M / (all prefills + M decode steps at the batch's mean context N + M/2).
+* compute: ``2 x active params x tokens in the step`` plus causal attention of its prompt chunks, at
+  ``prefill_efficiency`` of the GPU's dense tensor throughput, split over the TP ranks;
+* memory: each pipeline stage's weights, at ``weight_bandwidth_efficiency`` of HBM bandwidth, plus the KV
+  cache of every decoding sequence, at ``kv_bandwidth_efficiency`` (attention kernels read it less
+  efficiently than GEMMs read weights); stages run one after another for a token;
+* whichever is larger, plus a fixed ``step_overhead_ms`` (scheduler, kernel launches) and
+  ``per_sequence_overhead_us`` for each sequence in the step (sampling, bookkeeping).
 
-The three efficiencies are calibrated per GPU from measured vLLM runs and stored in the catalog with the
-run they came from; a GPU never measured gets spec-derived defaults, labelled as such in ``basis``.
-Mixture-of-experts speed is labelled unmeasured: the calibration runs use random weights, whose router
-does not route like a trained one.
+``output_tokens_per_s`` = C x M / the batch's wall time, prefill included; ``ttft_s`` is the 99th percentile
+over the batch; ``inter_token_latency_s`` the mean over requests of (last token - first token) / (M - 1).
+
+The five figures are calibrated per GPU from measured vLLM runs (benchmarks/calibrate_performance.py)
+and stored in the catalog with the run they came from; a GPU never measured gets spec-derived defaults,
+labelled as such in ``basis``. Mixture-of-experts speed is labelled unmeasured: the calibration runs use
+random weights, whose router does not route like a trained one. Tensor-parallel all-reduce and
+inter-node pipeline transfers are not modelled yet (no multi-GPU run so far): results say so in ``notes``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +36,8 @@ if TYPE_CHECKING:  # sizing embeds Performance in its Evaluation, so it is impor
     from gpuinfra.sizing import Evaluation, PlanResult, SizingRequest
 
 # Spec-derived defaults for a GPU never measured: typical shares of peak for vLLM with CUDA graphs.
-DERIVED = GpuPerformance(prefill_efficiency=0.5, decode_bandwidth_efficiency=0.7, decode_step_overhead_ms=5.0,
+DERIVED = GpuPerformance(prefill_efficiency=0.5, weight_bandwidth_efficiency=0.75, kv_bandwidth_efficiency=0.6,
+                         step_overhead_ms=3.0, per_sequence_overhead_us=20.0,
                          source="derived from the GPU's spec (not measured)")
 DEFAULT_STREAM_TOKENS_PER_S = 10.0  # about reading speed: the floor when no SLA names one
 
@@ -47,8 +54,8 @@ class Workload(BaseModel):
 class Performance(BaseModel):
     """The `performance` object of `gpuinfra size --json` (keys are a contract)."""
 
-    ttft_s: float = Field(description="Time to first token of the last request of the batch (the worst)")
-    inter_token_latency_s: float = Field(description="Mean time between output tokens of one stream")
+    ttft_s: float = Field(description="99th percentile time to first token over the batch's requests")
+    inter_token_latency_s: float = Field(description="Mean time between output tokens of a stream, over requests")
     output_tokens_per_s: float = Field(description="concurrency x output tokens / wall time of the batch")
     stream_tokens_per_s: float = Field(description="Output tokens/s one stream sees while decoding (1 / ITL)")
     input_tokens: int
@@ -67,56 +74,143 @@ def _peak_flops(gpu: Gpu, precision: str) -> float:
     return (gpu.fp8_dense_tflops if fp8 else gpu.bf16_dense_tflops) * 1e12
 
 
-def prefill_seconds(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, tokens: int) -> float:
-    """One request's prefill of TOKENS prompt tokens on one model copy."""
-    arch = request.model.architecture
-    attention = 2 * arch.layers * tokens * tokens * arch.heads * arch.head_dim
-    flops = 2 * arch.active_params * tokens + attention
-    return flops / (_peak_flops(gpu, request.effective_precision.value) * efficiencies(gpu).prefill_efficiency
-                    * evaluation.tensor_parallel)
+@dataclass(frozen=True)
+class StepCost:
+    """What one engine step of one model copy costs: compute-bound work overlapped with memory reads."""
+
+    active_params: float
+    attention_flops_per_token_position: float  # causal attention: flops per (prompt token x earlier token)
+    weights_bytes: float  # read once per step by every stage
+    kv_bytes_per_token: float  # per GPU
+    pipeline_parallel: int
+    tensor_parallel: int
+    peak_flops: float
+    bandwidth: float
+
+    @classmethod
+    def of(cls, request: SizingRequest, evaluation: Evaluation, gpu: Gpu) -> StepCost:
+        from gpuinfra.sizing import GIB
+
+        arch = request.model.architecture
+        weights = evaluation.per_gpu.weights_gib * GIB
+        if arch.is_moe:  # a token reads its active experts only (unmeasured: see the module docstring)
+            weights *= arch.active_params / arch.total_params
+        return cls(active_params=arch.active_params,
+                   attention_flops_per_token_position=4 * arch.layers * arch.heads * arch.head_dim,
+                   weights_bytes=weights, kv_bytes_per_token=evaluation.kv_cache_bytes_per_token,
+                   pipeline_parallel=evaluation.pipeline_parallel, tensor_parallel=evaluation.tensor_parallel,
+                   peak_flops=_peak_flops(gpu, request.effective_precision.value),
+                   bandwidth=gpu.memory_bandwidth_gbs * 1e9)
+
+    def seconds(self, perf: GpuPerformance, *, decode_seqs: int, decode_context: float,
+                prefill: list[tuple[int, int]]) -> float:
+        """A step decoding DECODE_SEQS sequences (DECODE_CONTEXT tokens of KV in all) and prefilling the
+        chunks PREFILL, each (tokens, tokens already in the cache before the chunk)."""
+        tokens = decode_seqs + sum(chunk for chunk, _ in prefill)
+        attention = sum(self.attention_flops_per_token_position * chunk * (start + chunk / 2)
+                        for chunk, start in prefill)
+        compute = (2 * self.active_params * tokens + attention) / (self.peak_flops * perf.prefill_efficiency
+                                                                  * self.tensor_parallel)
+        memory = self.pipeline_parallel * (self.weights_bytes / perf.weight_bandwidth_efficiency
+                                           + self.kv_bytes_per_token * decode_context / perf.kv_bandwidth_efficiency
+                                           ) / self.bandwidth
+        sequences = decode_seqs + len(prefill)
+        return max(compute, memory) + perf.step_overhead_ms / 1000 + sequences * perf.per_sequence_overhead_us / 1e6
 
 
-def decode_step_seconds(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, batch: int,
-                        context: float) -> float:
-    """One decode step of BATCH sequences at mean CONTEXT tokens on one model copy."""
-    from gpuinfra.sizing import GIB
+@dataclass(frozen=True)
+class BatchRun:
+    """A simulated closed batch: per request, when its first and last tokens came."""
 
-    arch = request.model.architecture
-    perf = efficiencies(gpu)
-    weights = evaluation.per_gpu.weights_gib * GIB
-    if arch.is_moe:  # a token reads its active experts only (unmeasured: see the module docstring)
-        weights *= arch.active_params / arch.total_params
-    kv = evaluation.kv_cache_bytes_per_token * context * batch
-    memory_s = evaluation.pipeline_parallel * (weights + kv) / (gpu.memory_bandwidth_gbs * 1e9
-                                                               * perf.decode_bandwidth_efficiency)
-    compute_s = (2 * arch.active_params * batch) / (_peak_flops(gpu, request.effective_precision.value)
-                                                   * perf.prefill_efficiency * evaluation.tensor_parallel)
-    return max(memory_s, compute_s) + perf.decode_step_overhead_ms / 1000
+    first_token_s: list[float]
+    finished_s: list[float]
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.finished_s)
+
+    def inter_token_latency_s(self, output_tokens: int) -> float:
+        if output_tokens < 2:
+            return 0.0
+        return sum((end - first) / (output_tokens - 1) for first, end in
+                   zip(self.first_token_s, self.finished_s, strict=True)) / len(self.finished_s)
 
 
-def predict(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, workload: Workload) -> Performance:
-    """TTFT, ITL and output tokens/s for WORKLOAD spread evenly over the evaluation's model copies."""
+def simulate_closed_batch(cost: StepCost, perf: GpuPerformance, *, requests: int, input_tokens: int,
+                          output_tokens: int, max_batched_tokens: int, max_seqs: int) -> BatchRun:
+    """vLLM's scheduler (chunked prefill, FIFO) step by step: each step decodes one token for every running
+    sequence, then fills the rest of the token budget with prompt chunks of the waiting requests, at most
+    MAX_SEQS sequences in flight. Prefill's last chunk yields a request's first token."""
+    remaining = [input_tokens] * requests
+    context = [0] * requests
+    generated = [0] * requests
+    first: list[float] = [0.0] * requests
+    finished: list[float] = [0.0] * requests
+    running: list[int] = []
+    queue = list(range(requests))
+    now = 0.0
+    while queue or running:
+        decoding = [i for i in running if remaining[i] == 0]
+        budget = max_batched_tokens - len(decoding)
+        chunks: list[tuple[int, int]] = []
+        for i in [*[j for j in running if remaining[j]], *queue]:
+            if budget <= 0 or (i in queue and len(running) >= max_seqs):
+                break
+            if i in queue:
+                queue.remove(i)
+                running.append(i)
+            take = min(remaining[i], budget)
+            chunks.append((i, take))
+            budget -= take
+        now += cost.seconds(perf, decode_seqs=len(decoding), decode_context=sum(context[i] for i in decoding),
+                            prefill=[(take, context[i]) for i, take in chunks])
+        for i in decoding:
+            generated[i] += 1
+            context[i] += 1
+        for i, take in chunks:
+            remaining[i] -= take
+            context[i] += take
+            if remaining[i] == 0:
+                first[i], generated[i] = now, 1
+        for i in [j for j in running if remaining[j] == 0 and generated[j] >= output_tokens]:
+            finished[i] = now
+            running.remove(i)
+    return BatchRun(first_token_s=first, finished_s=finished)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+
+
+def predict(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, workload: Workload,
+            *, max_seqs: int | None = None) -> Performance:
+    """TTFT p99, mean ITL and output tokens/s for WORKLOAD spread evenly over the evaluation's model copies,
+    as the deployed server runs it (its max_num_batched_tokens and max_num_seqs, unless MAX_SEQS is given)."""
     copies = max(1, evaluation.replicas) * max(1, evaluation.data_parallel)
     per_copy = math.ceil(workload.concurrency / copies)
-    one_prefill = prefill_seconds(request, evaluation, gpu, workload.input_tokens)
-    all_prefills = per_copy * one_prefill
-    step = decode_step_seconds(request, evaluation, gpu, per_copy,
-                               workload.input_tokens + workload.output_tokens / 2)
-    wall = all_prefills + workload.output_tokens * step
+    seqs = max_seqs or max(1, min(evaluation.max_concurrency_at_context * evaluation.nodes, 1024))
+    perf = efficiencies(gpu)
+    run = simulate_closed_batch(StepCost.of(request, evaluation, gpu), perf, requests=per_copy,
+                                input_tokens=workload.input_tokens, output_tokens=workload.output_tokens,
+                                max_batched_tokens=evaluation.max_num_batched_tokens, max_seqs=seqs)
+    itl = run.inter_token_latency_s(workload.output_tokens)
     notes = []
     if request.model.architecture.is_moe:
         notes.append("mixture-of-experts speed is unmeasured: calibration runs use random router weights")
     if evaluation.nodes > 1:
         notes.append("pipeline stages over the network: inter-node transfer time is not modelled")
+    if evaluation.tensor_parallel > 1:
+        notes.append("tensor-parallel all-reduce time is not modelled yet (multi-GPU runs pending)")
     return Performance(
-        ttft_s=round(all_prefills, 4),  # prefill yields the first token
-        inter_token_latency_s=round(step, 5),
-        output_tokens_per_s=round(workload.concurrency * workload.output_tokens / wall, 1),
-        stream_tokens_per_s=round(1 / step, 1),
+        ttft_s=round(_percentile(run.first_token_s, 0.99), 4),
+        inter_token_latency_s=round(itl, 5),
+        output_tokens_per_s=round(workload.concurrency * workload.output_tokens / run.wall_s, 1),
+        stream_tokens_per_s=round(1 / itl, 1) if itl else 0.0,
         input_tokens=workload.input_tokens,
         output_tokens=workload.output_tokens,
         concurrency=workload.concurrency,
-        basis=efficiencies(gpu).source,
+        basis=perf.source,
         notes=notes,
     )
 

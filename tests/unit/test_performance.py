@@ -10,7 +10,7 @@ import json
 import pytest
 from gpuinfra.catalog import find_gpu, find_model
 from gpuinfra.cli import main
-from gpuinfra.performance import Workload, predict
+from gpuinfra.performance import StepCost, Workload, efficiencies, predict, simulate_closed_batch
 from gpuinfra.sizing import Hardware, ModelSpec, build_request, evaluate
 
 
@@ -27,10 +27,43 @@ def test_size_json_carries_performance_for_the_given_load(capsys):
     assert code == 0, err
     performance = answer["performance"]
     assert {"ttft_s", "inter_token_latency_s", "output_tokens_per_s"} <= set(performance)
-    # output_tokens_per_s is C x M over the closed batch's wall time, prefill included.
-    wall = performance["ttft_s"] + 256 * performance["inter_token_latency_s"]
-    assert performance["output_tokens_per_s"] == pytest.approx(32 * 256 / wall, rel=0.01)
+    # The closed batch's wall time holds every prefill and at least the last stream's decode.
+    wall = 32 * 256 / performance["output_tokens_per_s"]
+    assert wall > performance["ttft_s"] + 255 * performance["inter_token_latency_s"] * 0.5
     assert performance["concurrency"] == 32 and performance["basis"]
+
+
+def _cost_and_perf():
+    request = build_request(model=ModelSpec.from_catalog(find_model("deepseek-r1-distill-llama-8b")),
+                            context_tokens=8192, concurrency=4)
+    gpu = find_gpu("h200")
+    evaluation = evaluate(request, Hardware(gpu=gpu, gpus_per_node=1))
+    return StepCost.of(request, evaluation, gpu), efficiencies(gpu)
+
+
+def test_one_request_is_one_prefill_step_then_a_decode_step_per_token():
+    cost, perf = _cost_and_perf()
+    run = simulate_closed_batch(cost, perf, requests=1, input_tokens=1000, output_tokens=5, max_batched_tokens=8192,
+                                max_seqs=256)
+    prefill = cost.seconds(perf, decode_seqs=0, decode_context=0, prefill=[(1000, 0)])
+    decode = sum(cost.seconds(perf, decode_seqs=1, decode_context=1000 + k, prefill=[]) for k in range(4))
+    assert run.first_token_s == [pytest.approx(prefill)]
+    assert run.finished_s == [pytest.approx(prefill + decode)]
+
+
+def test_long_prompts_are_chunked_by_the_token_budget_and_seats_are_limited():
+    cost, perf = _cost_and_perf()
+    chunked = simulate_closed_batch(cost, perf, requests=1, input_tokens=5000, output_tokens=1,
+                                    max_batched_tokens=2048, max_seqs=256)
+    steps = [(2048, 0), (2048, 2048), (904, 4096)]
+    assert chunked.first_token_s[0] == pytest.approx(sum(cost.seconds(perf, decode_seqs=0, decode_context=0,
+                                                                      prefill=[s]) for s in steps))
+    free = simulate_closed_batch(cost, perf, requests=8, input_tokens=512, output_tokens=64, max_batched_tokens=8192,
+                                 max_seqs=8)
+    seated = simulate_closed_batch(cost, perf, requests=8, input_tokens=512, output_tokens=64,
+                                   max_batched_tokens=8192, max_seqs=2)
+    assert max(seated.first_token_s) > 3 * max(free.first_token_s)  # six requests wait for a seat
+    assert seated.wall_s > free.wall_s
 
 
 def test_no_performance_without_a_load(capsys):

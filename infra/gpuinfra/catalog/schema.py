@@ -26,9 +26,11 @@ SourceMap = Annotated[dict[str, str], Field(description="What each source id bac
 class GpuPerformance(CatalogModel):
     """Serving-speed efficiencies of vLLM on this GPU (gpuinfra.performance), with the run they came from."""
 
-    prefill_efficiency: float = Field(gt=0, le=1, description="Share of dense tensor throughput in prefill")
-    decode_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth in decode")
-    decode_step_overhead_ms: float = Field(ge=0, description="Fixed cost per decode step")
+    prefill_efficiency: float = Field(gt=0, le=1, description="Share of dense tensor throughput reached by steps")
+    weight_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth reading weights")
+    kv_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth reading the KV cache")
+    step_overhead_ms: float = Field(ge=0, description="Fixed cost per engine step (scheduler, launches)")
+    per_sequence_overhead_us: float = Field(ge=0, description="Cost per sequence in a step (sampling, bookkeeping)")
     source: str = Field(description="The measured run (docs/validation/...) or 'derived from the GPU's spec'")
 
 

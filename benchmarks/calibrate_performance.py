@@ -1,0 +1,150 @@
+"""Calibrate the performance model (gpuinfra.performance) against measured vLLM runs, and check it.
+
+Fits the three efficiencies of one GPU (prefill_efficiency, decode_bandwidth_efficiency, step_overhead_ms)
+on the single-request prefill sweeps and the pure-decode sweeps of the dense CUDA-graph runs, then
+predicts the closed batches (C requests of N prompt tokens, M output tokens) that were NOT used in the fit
+and prints measured against predicted TTFT p99, mean ITL and output tokens/s, with the error of each.
+
+    .venv/bin/python benchmarks/calibrate_performance.py docs/validation/h200-x1-vllm-0.26/results.json \
+        --write docs/validation/h200-x1-vllm-0.26/performance-model.md
+
+Put the fitted figures in the GPU's `performance:` block in infra/gpuinfra/catalog/data/gpus.yaml, with the
+run as its source; then `--check` shows the catalog's figures against the same runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+from gpuinfra.architecture import parse_hf_config
+from gpuinfra.catalog import GpuPerformance, find_gpu
+from gpuinfra.performance import StepCost, Workload, efficiencies, predict
+from gpuinfra.sizing import Hardware, ModelSpec, build_request, evaluate
+
+from benchmarks.report import emit
+
+REPO = Path(__file__).resolve().parents[1]
+# Single prompts shorter than this are dominated by launch and compile-bucket effects, not by compute (the
+# 1.5B sweep runs 1024 tokens slower per token than 4096): they would drag the prefill efficiency down.
+MIN_FIT_PROMPT_TOKENS = 2048
+
+
+def dense_graph_runs(results: dict) -> list[dict]:
+    """The runs the model is calibrated on: dense, bf16, CUDA graphs, with speed workloads."""
+    runs = results["results"].values() if isinstance(results["results"], dict) else results["results"]
+    return [r for r in runs if r.get("status") == "done" and (r.get("workloads") or {}).get("closed_batch")
+            and not r["spec"].get("enforce_eager") and r["spec"].get("dtype") == "bfloat16"
+            and not r["spec"].get("quantization") and r["spec"].get("kv_cache_dtype", "auto") == "auto"
+            and parse_hf_config(json.loads((REPO / r["spec"]["model_config"]).read_text())).family == "dense-gqa"]
+
+
+def sized(run: dict, gpu_name: str):
+    """The engine's request and evaluation for the run's model and settings on one GPU."""
+    config = json.loads((REPO / run["spec"]["model_config"]).read_text())
+    arch = parse_hf_config(config)
+    request = build_request(model=ModelSpec(name=run["name"], architecture=arch),
+                            context_tokens=run["spec"]["max_model_len"], concurrency=1,
+                            gpu_memory_utilization=run["spec"]["gpu_memory_utilization"],
+                            max_num_batched_tokens=run["spec"]["max_num_batched_tokens"])
+    gpu = find_gpu(gpu_name)
+    return request, evaluate(request, Hardware(gpu=gpu, gpus_per_node=1)), gpu
+
+
+def fit_points(run: dict, cost: StepCost) -> list[tuple[float, dict]]:
+    """(measured seconds, step arguments) for every single-step measurement of the run."""
+    points = []
+    for sample in run["workloads"].get("prefill_sweep", []):
+        one_step = sample["prompt_len"] <= run["spec"]["max_num_batched_tokens"]
+        if one_step and sample["prompt_len"] >= MIN_FIT_PROMPT_TOKENS:
+            points.append((sample["ttft_median_s"], {"decode_seqs": 0, "decode_context": 0,
+                                                      "prefill": [(sample["prompt_len"], 0)]}))
+    for sample in run["workloads"].get("decode_sweep", []):
+        step = sample["pure_decode_step_s"]
+        points.append((step["mean"] if isinstance(step, dict) else step, {"decode_seqs": sample["batch"],
+                                                       "decode_context": sample["batch"] * sample["context"],
+                                                       "prefill": []}))
+    return points
+
+
+PARAMETERS = {  # name: (start, lower, upper)
+    "prefill_efficiency": (0.6, 0.2, 1.0),
+    "weight_bandwidth_efficiency": (0.8, 0.3, 1.0),
+    "kv_bandwidth_efficiency": (0.6, 0.2, 1.0),
+    "step_overhead_ms": (1.0, 0.0, 20.0),
+    "per_sequence_overhead_us": (10.0, 0.0, 200.0),
+}
+
+
+def fit(points: list[tuple[float, StepCost, dict]], source: str) -> GpuPerformance:
+    """The figures minimising the squared log error over every point: coordinate descent, each figure
+    searched in shrinking multiplicative steps within its bounds, until no step improves the error."""
+
+    def error(values: dict[str, float]) -> float:
+        perf = SimpleNamespace(**values)  # a validated model per trial would dominate the run time
+        return sum(math.log(cost.seconds(perf, **step) / measured) ** 2 for measured, cost, step in points)
+
+    values = {name: start for name, (start, _, _) in PARAMETERS.items()}
+    best = error(values)
+    step = 0.5
+    while step > 1e-3:
+        improved = False
+        for name, (_, lower, upper) in PARAMETERS.items():
+            for factor in (1 + step, 1 / (1 + step)):
+                trial = {**values, name: min(upper, max(lower, (values[name] or 0.01) * factor))}
+                trial_error = error(trial)
+                if trial_error < best - 1e-12:
+                    values, best, improved = trial, trial_error, True
+        if not improved:
+            step /= 2
+    rounded = {name: round(value, 3) for name, value in values.items()}
+    return GpuPerformance(**rounded, source=source)
+
+
+def closed_batch_rows(runs: list[dict], gpu_name: str, perf: GpuPerformance) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        request, evaluation, gpu = sized(run, gpu_name)
+        gpu = gpu.model_copy(update={"performance": perf})
+        for batch in run["workloads"]["closed_batch"]:
+            workload = Workload(input_tokens=batch["prompt_len"], output_tokens=batch["max_tokens"],
+                                concurrency=batch["requests"])
+            got = predict(request, evaluation, gpu, workload, max_seqs=run["spec"]["max_num_seqs"])
+            measured = (batch["ttft_s"]["p99"], batch["itl_s"]["mean"], batch["output_tokens_per_s"])
+            predicted = (got.ttft_s, got.inter_token_latency_s, got.output_tokens_per_s)
+            cells = [f"{m:.4g} / {p:.4g} ({(p - m) / m:+.0%})" for m, p in zip(measured, predicted, strict=True)]
+            rows.append([run["name"], str(batch["requests"]), *cells])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="results.json of benchmarks/vllm_calibration")
+    parser.add_argument("--gpu", default="H200-SXM-141GB")
+    parser.add_argument("--check", action="store_true", help="use the catalog's figures instead of fitting")
+    parser.add_argument("--write", metavar="PATH", help="write the report as Markdown")
+    args = parser.parse_args()
+    results = json.loads(Path(args.results).read_text())
+    runs = dense_graph_runs(results)
+    points = []
+    for run in runs:
+        request, evaluation, gpu = sized(run, args.gpu)
+        cost = StepCost.of(request, evaluation, gpu)
+        points += [(measured, cost, step) for measured, step in fit_points(run, cost)]
+    perf = efficiencies(find_gpu(args.gpu)) if args.check else fit(points, source=args.results)
+    lines = [f"# Performance model against vLLM on {args.gpu}", "",
+             f"Runs: {', '.join(r['name'] for r in runs)} ({args.results}); fitted on {len(points)} single-step "
+             f"measurements (prefill sweeps from {MIN_FIT_PROMPT_TOKENS} tokens, pure-decode sweeps); the closed "
+             "batches below were not used in the fit.",
+             "", *[f"- {name}: {getattr(perf, name)}" for name in PARAMETERS], "",
+             "Closed batches, measured / predicted (error):", "",
+             "| run | C | TTFT p99 s | ITL mean s | output tok/s |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in closed_batch_rows(runs, args.gpu, perf)]
+    emit(lines, args.write)
+
+
+if __name__ == "__main__":
+    main()
