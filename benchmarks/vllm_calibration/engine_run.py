@@ -231,8 +231,8 @@ def main() -> int:
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     save()
 
-    from vllm import LLM
     import vllm
+    from vllm import LLM
 
     result["vllm_version"] = vllm.__version__
     result["torch_version"] = torch.__version__

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -33,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PROBE = REPO / "infra" / "gpuinfra" / "assets" / "serving_probe.py"
-FILTER = REPO / "ansible" / "roles" / "inference_server" / "filter_plugins" / "serving_command.py"
+# The role's filter plugin (a link to infra/gpuinfra/serving_command.py in newer trees): the argv the role renders.
+FILTER = next(p for p in (REPO / "ansible" / "roles" / "inference_server" / "filter_plugins" / "serving_command.py",
+                          REPO / "infra" / "gpuinfra" / "serving_command.py") if p.exists())
 PLAN = HERE / "configs" / "serving_plan.json"
 PORT = 8000
 
@@ -224,10 +227,8 @@ def main() -> int:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         log.close()
         (work / "server.pid").unlink(missing_ok=True)
         save()
