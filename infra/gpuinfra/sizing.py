@@ -3,12 +3,14 @@
 Pure functions over the catalog (no I/O beyond reading it). The per-GPU budget follows vLLM's own
 accounting (sizing-facts.md section 2.3, sources S8, S10, S12):
 
-    usable   = GPU memory x gpu_memory_utilization
+    usable   = GPU memory as CUDA reports it x gpu_memory_utilization
     weights  = what this rank holds after TP/PP/EP sharding (replicated parts included)
-    overhead = activation peak (grows with max_num_batched_tokens; larger for MoE) + non-torch memory
+    overhead = activation peak (8 B x batched tokens x the widest MLP per rank) + non-torch memory
     kv_cache = usable - weights - overhead
 
-and the KV cache is counted in vLLM's 16-token blocks. Every constant below names its source.
+and the KV cache is counted in vLLM's 16-token blocks. The overhead figures are those of the pinned vLLM
+release, measured (catalog software.yaml memory_model, docs/validation/h200-x1-vllm-0.26). Every constant
+below names its source.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gpuinfra.architecture import LayerParams, ModelArchitecture
 from gpuinfra.catalog import Gpu, InstanceType, ModelEntry, find_gpu, load_catalog
+from gpuinfra.catalog.schema import MemoryModel
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 from gpuinfra.performance import Performance
 
@@ -30,12 +33,7 @@ GIB = 1024**3
 
 # vLLM defaults and measured overheads (S8, S10, S10b; catalog-facts.yaml meta.vllm_defaults).
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-ACTIVATION_REFERENCE_TOKENS = 8192  # max_num_batched_tokens of the H100 measurements (S10, S34)
-ACTIVATION_GIB_DENSE = 5.5  # measured 4.76-5.64 GiB for dense models at the reference (S10)
-ACTIVATION_GIB_MOE = 8.0  # higher for MoE (S10b)
-ACTIVATION_FLOOR_GIB = 1.0  # CUDA-graph pools and sampler buffers do not shrink with the token budget
-NON_TORCH_GIB_SINGLE = 0.15  # CUDA context etc. at world size 1 (S10: 0.13-0.14)
-NON_TORCH_GIB_MULTI = 0.6  # NCCL buffers once ranks talk to each other (S10: 0.55)
+LARGE_GPU_BATCHED_TOKENS = 8192  # vLLM's max_num_batched_tokens on GPUs of 70 GiB or more, except A100 (S34)
 KV_BLOCK_TOKENS = 16  # vLLM's default block size (S8)
 # vLLM's default token budget per step for the API server: 8192 on GPUs with >= 70 GiB that are not A100
 # (PR #17885 measured lower A100 throughput with the larger budget), else 2048 (S34).
@@ -364,18 +362,39 @@ def _max_batched_tokens(request: SizingRequest, gpu: Gpu) -> int:
     if request.max_num_batched_tokens:
         return request.max_num_batched_tokens
     large = gpu.memory_gib >= LARGE_GPU_GIB and "a100" not in gpu.name.lower()
-    return ACTIVATION_REFERENCE_TOKENS if large else 2048
+    return LARGE_GPU_BATCHED_TOKENS if large else 2048
+
+
+def memory_model() -> MemoryModel:
+    """The pinned vLLM's measured memory accounting (catalog software.inference_engines.vllm)."""
+    model = load_catalog().software.inference_engines["vllm"].memory_model
+    assert model is not None, "the pinned vLLM has no memory_model in software.yaml"
+    return model
+
+
+def activation_bytes_per_token(arch: ModelArchitecture, layout: Layout) -> float:
+    """Peak activation bytes per batched token on one rank, as the pinned vLLM measured: 8 B x the dense
+    MLP width per rank; for a mixture-of-experts model, the measured DeepSeek-layout figure (MLA and the
+    fused-MoE workspace dominate), which is not yet measured at TP/EP > 1 and so is charged whole."""
+    model = memory_model()
+    dense = model.activation_bytes_per_token_intermediate * arch.intermediate / layout.tensor_parallel
+    return max(dense, model.moe_activation_bytes_per_token) if arch.is_moe else dense
 
 
 def _overhead_gib(arch: ModelArchitecture, layout: Layout, batched_tokens: int) -> float:
-    reference = ACTIVATION_GIB_MOE if arch.is_moe else ACTIVATION_GIB_DENSE
-    activation = max(ACTIVATION_FLOOR_GIB, reference * batched_tokens / ACTIVATION_REFERENCE_TOKENS)
-    non_torch = NON_TORCH_GIB_SINGLE if layout.world_size == 1 else NON_TORCH_GIB_MULTI
+    model = memory_model()
+    activation = activation_bytes_per_token(arch, layout) * batched_tokens / GIB
+    non_torch = model.non_torch_gib_single if layout.world_size == 1 else model.non_torch_gib_multi
     return activation + non_torch
 
 
+def total_gib(gpu: Gpu) -> float:
+    """What vLLM takes as the GPU's total: CUDA's figure where measured, else the driver's."""
+    return gpu.cuda_total_gib or gpu.memory_gib
+
+
 def _usable_gib(request: SizingRequest, gpu: Gpu) -> float:
-    total = gpu.memory_gib - (UNIFIED_MEMORY_HOST_RESERVE_GIB if gpu.unified_memory else 0.0)
+    total = total_gib(gpu) - (UNIFIED_MEMORY_HOST_RESERVE_GIB if gpu.unified_memory else 0.0)
     return total * request.gpu_memory_utilization
 
 
@@ -447,7 +466,7 @@ def _evaluate_layout(request: SizingRequest, hardware: Hardware, layout: Layout)
         fail(
             "gpu-memory",
             f"weights need {heaviest.weights / GIB:.1f} GiB per GPU plus {overhead / GIB:.1f} GiB overhead, but only "
-            f"{usable / GIB:.1f} GiB is usable ({gpu.memory_gib:g} GiB x {request.gpu_memory_utilization:g})"
+            f"{usable / GIB:.1f} GiB is usable ({total_gib(gpu):g} GiB x {request.gpu_memory_utilization:g})"
         )
     elif max_concurrency < request.concurrency:
         need = request.concurrency / groups * ctx_blocks * KV_BLOCK_TOKENS * binding.kv_per_token
@@ -538,12 +557,14 @@ def _evaluate_layout(request: SizingRequest, hardware: Hardware, layout: Layout)
     if instance is not None and price is None:
         notes.append(f"no on-demand price on record for {instance.name}: {instance.price.note or 'unknown'}")
 
+    engine = load_catalog().software.inference_engines["vllm"]
     assumptions = [
-        f"vLLM accounting: usable = {gpu.memory_gib:g} GiB x {request.gpu_memory_utilization:g} "
-        f"gpu_memory_utilization; KV in {KV_BLOCK_TOKENS}-token blocks",
-        f"activation peak {(ACTIVATION_GIB_MOE if arch.is_moe else ACTIVATION_GIB_DENSE):g} GiB at "
-        f"{ACTIVATION_REFERENCE_TOKENS} batched tokens, scaled to max_num_batched_tokens={batched} "
-        f"(measured on H100, S10)",
+        f"vLLM {engine.version} accounting: usable = {total_gib(gpu):g} GiB"
+        f"{' (CUDA total, measured)' if gpu.cuda_total_gib else ' (driver figure; CUDA total not measured)'} x "
+        f"{request.gpu_memory_utilization:g} gpu_memory_utilization; KV in {KV_BLOCK_TOKENS}-token blocks",
+        f"activation peak {activation_bytes_per_token(arch, layout) / 1024:,.0f} KiB x {batched} batched tokens "
+        + ("(measured on a DeepSeek-V3 layout at TP 1; charged whole at TP/EP > 1)" if arch.is_moe else
+           f"(8 B x MLP width per rank, {memory_model().source})"),
         f"every sequence at the full {request.context_tokens}-token context (worst case)",
         f"decode bounds at 100 % of HBM bandwidth and dense {'FP8' if use_fp8 else 'BF16'} throughput, mean "
         f"KV length {int(mean_ctx)} tokens; real servers reach ~60-85 % of the bandwidth bound",
@@ -581,7 +602,7 @@ def _evaluate_layout(request: SizingRequest, hardware: Hardware, layout: Layout)
         weights_gib=round(model_weight_bytes(arch, precision) / GIB, 2),
         kv_cache_bytes_per_token=int(binding.kv_per_token),
         per_gpu=PerGpu(
-            total_gib=round(gpu.memory_gib, 2),
+            total_gib=round(total_gib(gpu), 2),
             usable_gib=round(usable / GIB, 2),
             weights_gib=round(heaviest.weights / GIB, 2),
             overhead_gib=round(overhead / GIB, 2),

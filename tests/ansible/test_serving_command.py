@@ -63,7 +63,7 @@ def test_deepseek_r1_over_two_nodes_head_and_worker():
 def test_single_node_distill_has_no_multi_node_flags():
     argv = serving_command.serve_argv(plan_of("dev-7b"), "vllm", "/opt/v", "/m")
     assert not {"--nnodes", "--master-addr", "--headless", "--kv-cache-dtype", "--enable-expert-parallel"} & set(argv)
-    assert flags(argv)["--max-num-seqs"] == "5"
+    assert flags(argv)["--max-num-seqs"] == str(plan_of("dev-7b")["max_num_seqs"])
 
 
 def test_sglang_gets_its_own_flag_names():

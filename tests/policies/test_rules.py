@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from functools import cache
 
 import pytest
@@ -14,8 +15,10 @@ from gpu_guardrails.offline import run_policies
 from gpu_guardrails.security import imdsv2_required, no_public_ip, node_role, required_tags, secrets_protected
 from gpu_guardrails.sizing import gpu_sizing
 from gpu_guardrails.storage import ebs_encrypted, root_volume
+from gpuinfra.catalog import find_instance_type
 from gpuinfra.plan import resolve_stack
 from gpuinfra.preview import RecordedResource, run_offline
+from gpuinfra.sizing import Hardware, evaluate
 from pulumi_policy import EnforcementLevel, PolicyResourceOptions, ResourceValidationArgs
 
 
@@ -63,10 +66,21 @@ def test_gpu_sizing_passes_the_shipped_launch_template():
 def test_gpu_sizing_rejects_a_gpu_too_small_and_names_the_cheapest_fits():
     template = one("prod-70b", "LaunchTemplate")
     template.inputs["instanceType"] = "g6e.xlarge"
-    assert check(gpu_sizing, template) == [
-        "g6e.xlarge x 1 cannot serve deepseek-r1-distill-llama-70b (bf16, 16 x 32768 tokens): weights need 131.4 GiB "
-        "per GPU plus 1.5 GiB overhead, but only 40.2 GiB is usable (44.7 GiB x 0.9); cheapest that fit: "
-        "g6e.12xlarge x 2 ($20.99/h), p4de.24xlarge x 1 ($27.45/h), g6e.24xlarge x 2 ($30.13/h)"]
+    (message,) = check(gpu_sizing, template)
+    why, _, fits = message.partition("; cheapest that fit: ")
+    assert why.startswith("g6e.xlarge x 1 cannot serve deepseek-r1-distill-llama-70b (bf16, 16 x 32768 tokens): "
+                          "weights need 131.4 GiB per GPU plus ")
+    assert why.endswith("but only 40.2 GiB is usable (44.7 GiB x 0.9)")
+    # Three suggestions, cheapest first, each one really serving the request (prices come from the catalog).
+    request = resolve_stack("prod-70b").request
+    suggested = [re.fullmatch(r"(\S+) x (\d+) \(\$([\d.,]+)/h\)", item).groups() for item in fits.split(", ")]
+    assert len(suggested) == 3
+    prices = [float(price.replace(",", "")) for _, _, price in suggested]
+    assert prices == sorted(prices)
+    for name, nodes, price in suggested:
+        evaluation = evaluate(request, Hardware.from_instance(find_instance_type(name), int(nodes)))
+        assert evaluation.feasible and evaluation.cost_per_hour_usd == pytest.approx(float(price.replace(",", "")),
+                                                                                    abs=0.005)
 
 
 def test_gpu_sizing_rejects_fp8_on_a_gpu_without_fp8_and_too_many_tokens():

@@ -81,14 +81,10 @@ def test_any_stack_file_is_planned_or_refused_cleanly(cluster):
 @SETTINGS
 @given(st.text(max_size=400))
 def test_any_text_parses_as_yaml_or_is_refused_as_input(text):
-    try:
+    with contextlib.suppress(InputError):  # refusing is fine; anything else is not
         parse_yaml(text, "FILE")
-    except InputError:
-        pass
-    try:
+    with contextlib.suppress(InputError):
         parse_json(text, "FILE")
-    except InputError:
-        pass
 
 
 flag_values = st.one_of(st.text(max_size=12), st.sampled_from(["0", "-1", "1", "8", "1e9", "nan", "inf", "99999999",

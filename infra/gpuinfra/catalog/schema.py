@@ -41,7 +41,10 @@ class Gpu(CatalogModel):
     compute_capability: str
     form_factor: Literal["sxm", "pcie", "soc"]
     memory_gb: float = Field(gt=0, description="Marketing figure (decimal GB)")
-    memory_gib: float = Field(gt=0, description="What the driver / EC2 API reports; the sizing input")
+    memory_gib: float = Field(gt=0, description="What the driver / EC2 API reports")
+    cuda_total_gib: float | None = Field(
+        None, gt=0, description="What CUDA reports as total (torch.cuda.mem_get_info), the base of vLLM's "
+                                "gpu_memory_utilization budget; measured, else memory_gib is used")
     memory_bandwidth_gbs: float = Field(gt=0)
     bf16_dense_tflops: float = Field(gt=0)
     fp8_dense_tflops: float | None = None
@@ -173,9 +176,25 @@ class ContainerToolkit(CatalogModel):
     version: str
 
 
+class MemoryModel(CatalogModel):
+    """How this engine version budgets GPU memory beyond weights and KV cache, as measured (the sizing engine
+    uses it for every GPU; it is the reason the catalog pins the engine at the calibrated version)."""
+
+    activation_bytes_per_token_intermediate: float = Field(
+        gt=0, description="Activation peak per batched token per MLP intermediate unit on one rank (gate/up "
+                          "output and the activated product, bf16)")
+    moe_activation_bytes_per_token: float = Field(
+        gt=0, description="Activation peak per batched token of a DeepSeek-style MoE model (MLA, FP8 block "
+                          "weights, fused MoE), measured at TP 1 / EP 1 and taken whole on every rank")
+    non_torch_gib_single: float = Field(ge=0, description="CUDA context and allocator slack at world size 1")
+    non_torch_gib_multi: float = Field(ge=0, description="The same plus NCCL/custom all-reduce buffers at TP > 1")
+    source: str = Field(description="The run each figure comes from")
+
+
 class InferenceEngine(CatalogModel):
     package: str = Field(description="The pip requirement name, extras included")
     version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)+(\.post[0-9]+)?$")
+    memory_model: MemoryModel | None = Field(None, description="Measured memory accounting of this version")
 
 
 class Monitoring(CatalogModel):
