@@ -102,6 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--policy-config", metavar="FILE",
                       help="gpu-guardrails config, JSON as for `pulumi up --policy-pack-config`")
     plan.add_argument("--json", action="store_true")
+    plan.add_argument("--manifests", metavar="DIR",
+                      help="Kubernetes targets: write one YAML file per Kubernetes object into DIR (replaced whole)")
     inventory = commands.add_parser("inventory", parents=[common],
                                     help="the stack's nodes and serving plan as an Ansible inventory")
     inventory.add_argument("stack", metavar="STACK", nargs="?",
@@ -339,11 +341,19 @@ def _plan(args: argparse.Namespace, out) -> int:
 
     stack = _stack_name(args)
     policy_config = None
+    if args.manifests:
+        from pathlib import Path
+
+        from gpuinfra.kubernetes.manifests import check_manifest_directory
+
+        check_manifest_directory(Path(args.manifests))
     if args.policy_config:
         from gpu_guardrails.offline import load_policy_config
 
         policy_config = load_policy_config(args.policy_config, "--policy-config")
     cluster, report = build_plan(stack, args.stack_file, args.sets, policy_config)
+    if args.manifests:
+        _write_manifests(cluster, report, args.manifests)
     if args.json:
         out.write(report.model_dump_json(indent=2) + "\n")
     else:
@@ -354,6 +364,19 @@ def _plan(args: argparse.Namespace, out) -> int:
         print(f"error: mandatory policy {violation.policy} ({violation.resource or 'stack'}): {violation.message}",
               file=sys.stderr)
     return EXIT_INFEASIBLE if report.mandatory_violations else EXIT_OK
+
+
+def _write_manifests(cluster, report, directory: str) -> None:
+    """The plan's Kubernetes objects, unless the stack has none or a mandatory policy refuses the plan."""
+    from pathlib import Path
+
+    from gpuinfra.kubernetes.manifests import kubernetes_objects, write_manifests
+
+    if cluster.config.target.kind == "ec2":
+        raise InputError([Problem("--manifests", f"stack {cluster.stack} targets ec2 (no Kubernetes objects); set "
+                                                 "target.kind to eks or kubernetes")])
+    if not report.mandatory_violations:
+        write_manifests(kubernetes_objects(report.resources), Path(directory))
 
 
 def _inventory(args: argparse.Namespace, out) -> int:

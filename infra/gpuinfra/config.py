@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from gpuinfra.catalog import InstanceType, find_instance_type, find_model, load_catalog, region_problem
 from gpuinfra.documents import kind_of, load_yaml, parse_yaml
 from gpuinfra.errors import InfeasibleError, InputError, Problem, problems_from_validation_error
+from gpuinfra.kubernetes.target import Ec2Target, Target, target_problems
 from gpuinfra.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     AttentionParallel,
@@ -189,6 +190,8 @@ class ClusterConfig(StrictModel):
     sla: Sla = Field(default_factory=Sla, description="Latency, error-rate and throughput targets")
     hourly_budget_usd: float | None = Field(None, gt=0, description="Refuse plans whose on-demand cost exceeds it")
     tags: dict[str, str] = Field(default_factory=dict)
+    target: Target = Field(default_factory=Ec2Target, description="Where to serve: ec2 (default), eks or an "
+                                                                  "existing cluster (kubernetes)")
 
     @field_validator("region")
     @classmethod
@@ -276,6 +279,7 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
         problems.append(Problem("access", "enable ssm or give ssh_cidrs: otherwise nothing can configure the nodes"))
     if config.access.ssh_cidrs and not config.access.ssh_key_name:
         problems.append(Problem("access.ssh_key_name", "is required when ssh_cidrs is set"))
+    problems += [Problem(path, reason) for path, reason in target_problems(config)]
     return problems
 
 
@@ -405,7 +409,12 @@ def resolve(stack: str, config: ClusterConfig) -> ResolvedCluster:
     over = _over_budget(evaluations, config, span)
     if over:
         raise InfeasibleError(Problem("cluster.hourly_budget_usd", _budget_reason(e, config, span)) for e in over)
-    return ResolvedCluster(stack=stack, config=config, request=request, evaluations=evaluations)
+    resolved = ResolvedCluster(stack=stack, config=config, request=request, evaluations=evaluations)
+    if not isinstance(config.target, Ec2Target):
+        from gpuinfra.kubernetes.serving_plan import check_kubernetes_target  # needs this module's types
+
+        check_kubernetes_target(resolved)
+    return resolved
 
 
 def _size_named_types(request: SizingRequest, config: ClusterConfig,

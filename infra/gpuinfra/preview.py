@@ -32,6 +32,7 @@ class RecordedResource:
     urn: str
     custom: bool
     id: str | None = None
+    ignore_changes: tuple[str, ...] = ()  # the resource option, e.g. spec.replicas under an autoscaler
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -73,6 +74,11 @@ class FakeCloud(pulumi_mocks.Mocks):
             outputs["dnsName"] = f"internal-{args.name}.{self.region}.elb.amazonaws.com"
         if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             outputs["latestVersion"] = 1
+        if args.typ == "aws:eks/cluster:Cluster":  # what the provider's kubeconfig and node templates read
+            outputs["endpoint"] = f"https://{resource_id}.gr7.{self.region}.eks.amazonaws.com"
+            outputs["certificateAuthority"] = {"data": "c3RhbmQtaW4tY2VydGlmaWNhdGU="}
+            outputs["vpcConfig"] = {**(outputs.get("vpcConfig") or {}),
+                                    "clusterSecurityGroupId": _fake_id("sg", f"{args.name}-cluster")}
         return resource_id, outputs
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list]:
@@ -106,7 +112,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             inputs = _sync_await(_plain(rpc.deserialize_properties(request.object)))
             self.recorded.append(RecordedResource(type=request.type, name=request.name, parent=parent,
                                                   inputs=inputs, urn=response.urn, custom=bool(request.custom),
-                                                  id=response.id or None))
+                                                  id=response.id or None,
+                                                  ignore_changes=tuple(request.ignoreChanges)))
         return response
 
 

@@ -69,7 +69,7 @@ def test_plan_bad_input_exits_2_and_infeasible_exits_1(capsys):
 
 def test_unknown_stack_names_the_shipped_ones(capsys):
     code, _, err = run("plan", "prod-7b", capsys=capsys)
-    assert code == 2 and "dev-7b, prod-70b, prod-r1, spot-32b" in err
+    assert code == 2 and "dev-7b, eks-70b, eks-r1, prod-70b, prod-r1, spot-32b" in err
 
 
 def test_inventory_static_form(capsys):

@@ -6,7 +6,7 @@ import pytest
 from gpuinfra.config import STACKS_DIR, load_stack, parse_cluster, parse_override, resolve
 from gpuinfra.errors import InputError
 
-SHIPPED = ["dev-7b", "prod-70b", "prod-r1", "spot-32b"]
+SHIPPED = ["dev-7b", "eks-70b", "eks-r1", "prod-70b", "prod-r1", "spot-32b"]
 BASE = {"model": "deepseek-r1-distill-qwen-7b", "weights": {"source": "hf://deepseek-ai/x"}}
 
 

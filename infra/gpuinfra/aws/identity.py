@@ -46,6 +46,7 @@ class NodeIdentityArgs:
 
 class NodeIdentity(pulumi.ComponentResource):
     role_name: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
     instance_profile_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: NodeIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -65,5 +66,6 @@ class NodeIdentity(pulumi.ComponentResource):
                                opts=child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=args.tags, opts=child)
         self.role_name = role.name
+        self.role_arn = role.arn  # an EKS node group takes the role itself, not the profile
         self.instance_profile_arn = profile.arn
         self.register_outputs({"role_name": self.role_name, "instance_profile_arn": self.instance_profile_arn})

@@ -55,6 +55,74 @@ class GpuNodePoolArgs:
     tags: dict[str, str]
 
 
+@dataclass(frozen=True)
+class LaunchTemplateSpec:
+    """What differs between the EC2 pool's launch templates and an EKS managed node group's (EKS supplies the
+    AMI from the group's AMI type and the instance profile from its node role, and refuses a shutdown
+    behaviour); the EFA interfaces, IMDSv2, encrypted root, tags and user data are the same code."""
+
+    security_group_ids: list[pulumi.Input[str]]
+    tags: dict[str, str]
+    capacity: OnDemand | Spot | CapacityReservation | CapacityBlock
+    image_id: pulumi.Input[str] | None
+    instance_profile_arn: pulumi.Input[str] | None
+    user_data: str
+    ssh_key_name: str | None
+    root_volume_gib: int | None
+    root_device: str = ROOT_DEVICE
+    placement_group_name: pulumi.Input[str] | None = None  # EKS: the group cannot name one, its template does
+    terminate_on_shutdown: bool = True
+
+
+def gpu_launch_template(name: str, instance: InstanceType, evaluation: Evaluation, spec: LaunchTemplateSpec,
+                        opts: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
+    """One GPU node type's launch template: an EFA interface per network card, IMDSv2 only, an encrypted gp3
+    root sized for the weights when the instance store is too small, the RAID unit in the user data."""
+    suffix = resource_suffix(instance.name)
+    interfaces = [aws.ec2.LaunchTemplateNetworkInterfaceArgs(**interface.launch_template_args(spec.security_group_ids))
+                  for interface in efa_interfaces(instance)]
+    capacity_reservation = market_options = None
+    if isinstance(spec.capacity, CapacityReservation | CapacityBlock):
+        capacity_reservation = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+            capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                capacity_reservation_id=spec.capacity.reservation_id))
+    if isinstance(spec.capacity, CapacityBlock):
+        market_options = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+    instance_tags = {**spec.tags, "Name": f"{name}-{suffix}", "gpuinfra:instance-type": instance.name}
+    return aws.ec2.LaunchTemplate(
+        f"{name}-{suffix}",
+        description=f"gpuinfra GPU node {instance.name}: TP {evaluation.tensor_parallel} PP "
+                    f"{evaluation.pipeline_parallel} EP {evaluation.expert_parallel}",
+        image_id=spec.image_id,
+        instance_type=instance.name,
+        iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=spec.instance_profile_arn)
+        if spec.instance_profile_arn is not None else None,
+        key_name=spec.ssh_key_name,
+        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2,
+            instance_metadata_tags="enabled"),
+        block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+            device_name=spec.root_device,
+            ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                volume_size=spec.root_volume_gib or root_volume_gib(evaluation, instance), volume_type="gp3",
+                iops=6000, throughput=500, encrypted="true", delete_on_termination="true"))],
+        network_interfaces=interfaces,
+        placement=aws.ec2.LaunchTemplatePlacementArgs(group_name=spec.placement_group_name)
+        if spec.placement_group_name is not None else None,
+        capacity_reservation_specification=capacity_reservation,
+        instance_market_options=market_options,
+        monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
+        # A node that powers itself off (the node_expiry role's dead man's switch at expiry + grace) is
+        # terminated, not kept stopped with its volumes billing.
+        instance_initiated_shutdown_behavior="terminate" if spec.terminate_on_shutdown else None,
+        user_data=spec.user_data,
+        update_default_version=True,
+        tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
+                            for kind in ("instance", "volume", "network-interface")],
+        tags={**spec.tags, "gpuinfra:instance-type": instance.name},
+        opts=opts)
+
+
 class GpuNodePool(pulumi.ComponentResource):
     auto_scaling_group_name: pulumi.Output[str]
     placement_group_name: pulumi.Output[str] | None
@@ -90,46 +158,10 @@ class GpuNodePool(pulumi.ComponentResource):
     def _launch_template(self, name: str, args: GpuNodePoolArgs, instance: InstanceType, evaluation: Evaluation,
                          image_id: pulumi.Input[str], user_data: str,
                          child: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
-        suffix = resource_suffix(instance.name)
-        interfaces = [aws.ec2.LaunchTemplateNetworkInterfaceArgs(**spec.launch_template_args([args.security_group_id]))
-                      for spec in efa_interfaces(instance)]
-        capacity_reservation = market_options = None
-        if isinstance(args.capacity, CapacityReservation | CapacityBlock):
-            capacity_reservation = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
-                capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
-                    capacity_reservation_id=args.capacity.reservation_id))
-        if isinstance(args.capacity, CapacityBlock):
-            market_options = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
-        instance_tags = {**args.tags, "Name": f"{name}-{suffix}", "gpuinfra:instance-type": instance.name}
-        return aws.ec2.LaunchTemplate(
-            f"{name}-{suffix}",
-            description=f"gpuinfra GPU node {instance.name}: TP {evaluation.tensor_parallel} PP "
-                        f"{evaluation.pipeline_parallel} EP {evaluation.expert_parallel}",
-            image_id=image_id,
-            instance_type=instance.name,
-            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=args.instance_profile_arn),
-            key_name=args.ssh_key_name,
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2,
-                instance_metadata_tags="enabled"),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=ROOT_DEVICE,
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=args.root_volume_gib or root_volume_gib(evaluation, instance), volume_type="gp3",
-                    iops=6000, throughput=500, encrypted="true", delete_on_termination="true"))],
-            network_interfaces=interfaces,
-            capacity_reservation_specification=capacity_reservation,
-            instance_market_options=market_options,
-            monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
-            # A node that powers itself off (the node_expiry role's dead man's switch at expiry + grace) is
-            # terminated, not kept stopped with its volumes billing.
-            instance_initiated_shutdown_behavior="terminate",
-            user_data=user_data,
-            update_default_version=True,
-            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
-                                for kind in ("instance", "volume", "network-interface")],
-            tags={**args.tags, "gpuinfra:instance-type": instance.name},
-            opts=child)
+        return gpu_launch_template(name, instance, evaluation, LaunchTemplateSpec(
+            security_group_ids=[args.security_group_id], tags=args.tags, capacity=args.capacity, image_id=image_id,
+            instance_profile_arn=args.instance_profile_arn, user_data=user_data, ssh_key_name=args.ssh_key_name,
+            root_volume_gib=args.root_volume_gib), child)
 
     def _auto_scaling_group(self, name: str, args: GpuNodePoolArgs,
                             templates: list[tuple[InstanceType, aws.ec2.LaunchTemplate]],

@@ -16,6 +16,7 @@ from gpuinfra.config import CONFIG_KEY, CreateVpc, ResolvedCluster, parse_cluste
 from gpuinfra.contract import stack_contract
 from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, lifecycle_tags
 from gpuinfra.errors import InputError
+from gpuinfra.kubernetes.target import Ec2Target
 
 MAX_NODE_ZONES = 3
 
@@ -51,6 +52,10 @@ def choose_zones(cluster: ResolvedCluster, available: list[str]) -> tuple[list[s
 def declare(cluster: ResolvedCluster, environment_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """ENVIRONMENT_TAGS (an on-demand environment's owner, expiry, budget, price) go on every resource, the
     launch templates' instances, volumes and interfaces included."""
+    if not isinstance(cluster.config.target, Ec2Target):
+        from gpuinfra.kubernetes.program import declare_kubernetes
+
+        return declare_kubernetes(cluster, {**stack_tags(cluster), **(environment_tags or {})}, serving_tags(cluster))
     config = cluster.config
     name = f"gpuinfra-{cluster.stack}"
     tags = {**stack_tags(cluster), **(environment_tags or {})}

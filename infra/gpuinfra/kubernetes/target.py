@@ -1,0 +1,151 @@
+"""The stack file's `target` block: where the sized model is served. `ec2` (the default) is the Auto Scaling
+group of gpuinfra.aws; `eks` creates an EKS cluster whose GPU node groups come from the same launch
+templates; `kubernetes` serves on an existing cluster reached through a kubeconfig context.
+
+Imported by gpuinfra.config, so it depends on pydantic alone. The checks that need only the config live
+here (`target_problems`); those that need the sizing answer live in gpuinfra.kubernetes.serving_plan.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# RFC 1123 label (namespaces, Secret names) and the Kubernetes minors kubernetes-validate 1.37.0 has schemas for.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
+KUBERNETES_MINOR = r"^1\.(2[5-9]|3[0-7])$"
+# An image reference: registry/name, then a tag or a digest (no `latest`, which is refused in target_problems).
+IMAGE = r"^[a-z0-9][a-z0-9._/:-]{0,254}(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$"
+# Models whose answers carry a long reasoning trace: end-to-end latency is tens of seconds by design.
+REASONING_MODEL_PREFIXES = ("deepseek-r1",)
+
+
+class TargetModel(BaseModel):
+    """Unknown keys are errors; values are frozen once parsed (the same rules as gpuinfra.config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Ec2Target(TargetModel):
+    kind: Literal["ec2"] = Field("ec2", description="GPU nodes in an Auto Scaling group (gpuinfra.aws)")
+
+
+class SecretRef(TargetModel):
+    name: str = Field("hf-token", pattern=DNS_SUBDOMAIN, description="Secret in the serving namespace")
+    key: str = Field("token", pattern=SECRET_KEY, description="The key holding the Hugging Face token")
+    optional: bool = Field(True, description="Start without a token when the Secret is absent (public repos)")
+
+
+class Autoscaling(TargetModel):
+    kind: Literal["hpa", "keda", "none"] = Field(
+        "hpa", description="hpa: autoscaling/v2 on a Pods metric; keda: a ScaledObject (never both); none: fixed")
+    min_replicas: int = Field(2, ge=1, le=100, description="Serving copies never fewer than this")
+    max_replicas: int = Field(10, ge=1, le=100, description="Serving copies never more (and within the budget)")
+    metric: Literal["ttft-p90", "e2e-p90"] = Field(
+        "ttft-p90", description="What `inference_latency_seconds` records per pod: p90 time to first token, or "
+                                "p90 end-to-end latency (refused for reasoning models)")
+    target_seconds: float = Field(0.5, gt=0, le=600, description="Average of the metric over pods to hold")
+    queue_per_replica: int = Field(5, ge=1, le=10000,
+                                   description="KEDA only: vllm:num_requests_waiting per replica to scale at")
+    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090",
+                                pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._/-]*)?$",
+                                description="KEDA only: the Prometheus its triggers query")
+
+
+class Rollout(TargetModel):
+    strategy: Literal["rolling", "canary"] = Field(
+        "rolling", description="rolling: one pod (group) at a time; canary: only the highest ordinals take a new "
+                               "template (the rollout partition)")
+    canary_replicas: int = Field(1, ge=1, le=100, description="canary: copies that run the new template")
+
+
+class WeightsCache(TargetModel):
+    kind: Literal["node-nvme", "volume-claim"] | None = Field(
+        None, description="node-nvme: the node's instance-store RAID0 (hostPath, kept across pod restarts); "
+                          "volume-claim: a per-replica PersistentVolumeClaim; default: node-nvme on eks, "
+                          "volume-claim on an existing cluster")
+    storage_class: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="volume-claim: the StorageClass")
+    read_gbps: float | None = Field(None, gt=0, le=1000, description="Sequential read speed of the cache in GB/s, "
+                                                                    "for the startup budget; default: the catalog's "
+                                                                    "NVMe count x 1 GB/s, or 0.25 GB/s for a claim")
+
+
+class KubernetesTarget(TargetModel):
+    version: str = Field("1.33", pattern=KUBERNETES_MINOR,
+                         description="The cluster's Kubernetes minor; rendered objects are validated against it")
+    namespace: str = Field("gpuinfra", pattern=DNS_LABEL, description="Where the serving objects go")
+    image: str | None = Field(None, pattern=IMAGE, description="Serving image; default: vllm/vllm-openai at the "
+                                                                "catalog's pinned vLLM version")
+    hf_token_secret: SecretRef = Field(default_factory=SecretRef, description="The Hugging Face token's Secret")
+    weights_cache: WeightsCache = Field(default_factory=WeightsCache)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    rollout: Rollout = Field(default_factory=Rollout)
+    monitoring: bool = Field(True, description="ServiceMonitors and a PrometheusRule (prometheus-operator CRDs)")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_text(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f'quote it: "1.33", not {value} (YAML reads 1.30 as the number 1.3)')
+        return value
+
+
+class EksTarget(KubernetesTarget):
+    kind: Literal["eks"] = Field(description="Create an EKS cluster with one GPU node group per approved type")
+    public_endpoint: bool = Field(False, description="Expose the EKS API publicly (default: private only)")
+
+
+class ClusterTarget(KubernetesTarget):
+    kind: Literal["kubernetes"] = Field(description="Serve on an existing cluster (its GPU nodes are not created)")
+    context: str = Field(min_length=1, max_length=253, pattern=r"^[\w@.:/-]+$",
+                         description="The kubeconfig context naming the cluster")
+
+
+Target = Annotated[Ec2Target | EksTarget | ClusterTarget, Field(discriminator="kind")]
+
+
+def is_reasoning_model(slug: str) -> bool:
+    return slug.startswith(REASONING_MODEL_PREFIXES)
+
+
+def cache_kind(target: EksTarget | ClusterTarget) -> str:
+    """Where the weights live: as configured, else the node's NVMe on a cluster this stack builds (its nodes
+    assemble the RAID) and a volume claim on someone else's cluster."""
+    if target.weights_cache.kind:
+        return target.weights_cache.kind
+    return "node-nvme" if isinstance(target, EksTarget) else "volume-claim"
+
+
+def target_problems(config: Any) -> list[tuple[str, str]]:
+    """(field path, reason) for what a Kubernetes target cannot do with this config (CONFIG: a ClusterConfig)."""
+    target = config.target
+    if isinstance(target, Ec2Target):
+        return []
+    problems: list[tuple[str, str]] = []
+    scaling, rollout = target.autoscaling, target.rollout
+    if scaling.min_replicas > scaling.max_replicas:
+        problems.append(("target.autoscaling.min_replicas", f"{scaling.min_replicas} is more than max_replicas "
+                                                            f"{scaling.max_replicas}"))
+    if scaling.kind != "none" and scaling.metric == "e2e-p90" and is_reasoning_model(config.model):
+        problems.append(("target.autoscaling.metric", f"{config.model} is a reasoning model: a whole answer takes "
+                                                      "tens of seconds end to end, so an e2e latency target pins "
+                                                      "the autoscaler at max_replicas; use ttft-p90"))
+    if rollout.strategy == "canary" and rollout.canary_replicas >= scaling.min_replicas:
+        problems.append(("target.rollout.canary_replicas", f"{rollout.canary_replicas} is not fewer than the "
+                                                           f"{scaling.min_replicas} replicas that always run: a "
+                                                           "canary must leave old copies serving"))
+    if target.image and target.image.endswith(":latest"):
+        problems.append(("target.image", "pin a version or a digest, not :latest"))
+    cache = target.weights_cache
+    if cache.storage_class and cache_kind(target) != "volume-claim":
+        problems.append(("target.weights_cache.storage_class", "applies to kind: volume-claim only"))
+    if config.endpoint.enabled:
+        problems.append(("endpoint.enabled", "the Kubernetes target serves through a Service; the EC2 load "
+                                             "balancer does not apply (set it false)"))
+    if isinstance(target, ClusterTarget) and config.capacity.type != "on-demand":
+        problems.append(("capacity", "target kind kubernetes uses the cluster's existing nodes; capacity applies "
+                                     "to nodes this stack creates (ec2, eks)"))
+    return problems
