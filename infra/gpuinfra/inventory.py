@@ -231,10 +231,15 @@ class _InventoryDumper(yaml.SafeDumper):
 _InventoryDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
 
 
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
 def _as_data(value: Any) -> Any:
-    """VALUE with every string value (not mapping keys) marked never-to-be-templated."""
+    """VALUE with every string value that Ansible could render (one holding a Jinja delimiter) marked
+    never-to-be-templated. Only those: Ansible 2.19 reads other `!unsafe` strings back as numbers where they
+    look like one (`'12.8'` becomes 12.8), which breaks every version comparison in the roles."""
     if isinstance(value, str):
-        return _Unsafe(value)
+        return _Unsafe(value) if any(marker in value for marker in _TEMPLATE_MARKERS) else value
     if isinstance(value, dict):
         return {key: _as_data(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

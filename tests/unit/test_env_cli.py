@@ -89,6 +89,27 @@ def test_lifecycle_tags_reach_every_launched_resource(env):
     assert len(tagged) > 10 and all(expected.items() <= r["inputs"]["tags"].items() for r in tagged)
 
 
+def test_the_node_pool_scales_to_zero_at_expiry_plus_the_switchs_grace(env):
+    from datetime import timedelta
+
+    from gpuinfra.environments.models import SWITCH_GRACE, parse_utc, utc_text
+
+    env("up", "dev-7b", "--name", "t", "--ttl", "2h")
+    resources = env.backend.read_json(env.backend.checkpoint_key("t"))["checkpoint"]["latest"]["resources"]
+    (schedule,) = [r for r in resources if r["type"] == "aws:autoscaling/schedule:Schedule"]
+    expires = env.backend.tags("t")["gpuinfra:expires-at"]
+    assert schedule["inputs"]["startTime"] == utc_text(parse_utc(expires) + SWITCH_GRACE)
+    assert (schedule["inputs"]["minSize"], schedule["inputs"]["maxSize"], schedule["inputs"]["desiredCapacity"]) == (
+        0, 0, 0)
+    assert schedule["inputs"]["autoscalingGroupName"] == "gpuinfra-t-nodes-asg"
+    defaults = yaml.safe_load((REPO / "ansible/roles/node_expiry/defaults/main.yml").read_text())
+    assert timedelta(minutes=defaults["node_expiry_grace_minutes"]) == SWITCH_GRACE  # one grace, both halves
+    env("extend", "t", "--ttl", "1h")
+    resources = env.backend.read_json(env.backend.checkpoint_key("t"))["checkpoint"]["latest"]["resources"]
+    (schedule,) = [r for r in resources if r["type"] == "aws:autoscaling/schedule:Schedule"]
+    assert schedule["inputs"]["startTime"] == utc_text(parse_utc(expires) + timedelta(hours=1) + SWITCH_GRACE)
+
+
 def test_over_budget_is_refused_before_anything_exists(env, capsys):
     rc, out = env("up", "dev-7b", "--name", "t", "--ttl", "80h", "--budget", "50")
     assert rc == 1

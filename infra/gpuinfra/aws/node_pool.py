@@ -53,6 +53,7 @@ class GpuNodePoolArgs:
     ssh_key_name: str | None
     target_group_arns: list[pulumi.Input[str]]
     tags: dict[str, str]
+    drain_at: str | None = None  # an on-demand environment's expiry + grace (UTC): the group scales to zero then
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ class GpuNodePool(pulumi.ComponentResource):
             templates.append((instance, template))
         group = self._auto_scaling_group(name, args, templates, placement_group, child)
         self.auto_scaling_group_name = group.name
+        if args.drain_at:
+            # The AWS half of the dead man's switch: nodes that powered themselves off are not replaced, and
+            # any node the switch missed is terminated, even when no reaper ever runs.
+            aws.autoscaling.Schedule(f"{name}-expiry", autoscaling_group_name=group.name,
+                                     scheduled_action_name=f"{name}-expiry", start_time=args.drain_at,
+                                     min_size=0, max_size=0, desired_capacity=0, opts=child)
         self.register_outputs({
             "auto_scaling_group_name": self.auto_scaling_group_name,
             "launch_template_ids": self.launch_template_ids,

@@ -14,7 +14,7 @@ from gpuinfra.aws.network import Network, NetworkArgs
 from gpuinfra.aws.node_pool import GpuNodePool, GpuNodePoolArgs
 from gpuinfra.config import CONFIG_KEY, CreateVpc, ResolvedCluster, parse_cluster, resolve
 from gpuinfra.contract import stack_contract
-from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, lifecycle_tags
+from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, drain_time, lifecycle_tags
 from gpuinfra.errors import InputError
 from gpuinfra.kubernetes.target import Ec2Target
 
@@ -89,7 +89,7 @@ def declare(cluster: ResolvedCluster, environment_tags: dict[str, str] | None = 
         security_group_id=network.node_security_group_id, instance_profile_arn=identity.instance_profile_arn,
         ami_id=config.ami_id, root_volume_gib=config.root_volume_gib, ssh_key_name=config.access.ssh_key_name,
         target_group_arns=[endpoint.target_group_arn] if endpoint else [],
-        tags={**tags, **serving_tags(cluster)}), opts=top)
+        tags={**tags, **serving_tags(cluster)}, drain_at=drain_time(environment_tags)), opts=top)
     return {
         **stack_contract(cluster),
         "availability_zones": node_zones or None,

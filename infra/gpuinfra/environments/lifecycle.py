@@ -116,6 +116,9 @@ def settings_document(cluster: ResolvedCluster, lifecycle: Lifecycle) -> dict[st
 def up_environment(request: UpRequest, ctx: Context) -> tuple[Lifecycle, dict[str, Any]]:
     """Refuse, or create and `up` the environment; returns its lifecycle and the stack outputs."""
     label, path = template_source(request)
+    if any(summary.name == request.name for summary in ctx.engine.list_stacks()):  # the claim below decides races
+        raise Refused([Problem("--name", f"stack {request.name} already exists in {ctx.backend.store.url}; pick "
+                                         f"another name or `gpuinfra env down {request.name}`")])
     with ctx.stages.stage(f"plan {label} as {request.name}"):
         cluster = planned_cluster(request, path)
     now = ctx.clock.now()

@@ -25,6 +25,11 @@ ENVIRONMENT_NAME = re.compile(r"[a-z]([a-z0-9-]{0,22}[a-z0-9])?")
 # What AWS accepts in a tag value (EC2 User Guide, "Tag restrictions"), spaces but no other white space.
 TAG_VALUE = re.compile(r"[\w .:/=+\-@]{1,256}")
 
+# After the expiry, the reaper's turn; once this grace is over too, the environment's Auto Scaling group
+# scales to zero (a scheduled action) and its nodes power themselves off (node_expiry role, whose
+# node_expiry_grace_minutes default is the same 30 minutes; a test keeps them equal).
+SWITCH_GRACE = timedelta(minutes=30)
+
 Phase = Literal["creating", "ready", "serving", "failed"]
 State = Literal["creating", "ready", "serving", "idle", "expired", "failed"]
 
@@ -146,6 +151,13 @@ def lifecycle_tags(environment: Any) -> dict[str, str]:
         return Lifecycle.model_validate(environment).aws_tags()
     except ValidationError as exc:
         raise InputError(problems_from_validation_error(exc, "environment")) from None
+
+
+def drain_time(environment_tags: dict[str, str] | None) -> str | None:
+    """When the environment's node pool scales to zero: its expiry plus the switch's grace (UTC text)."""
+    if not environment_tags or "gpuinfra:expires-at" not in environment_tags:
+        return None
+    return utc_text(parse_utc(environment_tags["gpuinfra:expires-at"]) + SWITCH_GRACE)
 
 
 class StateResource(Model):

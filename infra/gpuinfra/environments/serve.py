@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,10 @@ def write_environment_vars(directory: Path, name: str, lifecycle: Lifecycle) -> 
 def write_inventory(work: Path, name: str, lifecycle: Lifecycle, outputs: dict[str, Any],
                     hosts_inventory: Path | None) -> Path:
     """The project's inventory writer, plus the environment's vars; returns the inventory source to use."""
-    from gpuinfra.inventory import write_directory
+    from gpuinfra.inventory import load_outputs, write_directory
 
     directory = work / "inventory"
-    write_directory(outputs, directory)
+    write_directory(load_outputs(outputs, "outputs"), directory)
     write_environment_vars(directory, name, lifecycle)
     if hosts_inventory is None:
         return directory / "aws_ec2.yml"
@@ -71,19 +70,24 @@ def run_playbook(playbook: str, source: Path, extra_vars: dict[str, Any], log: P
     """ansible-playbook, streamed: each TASK line is progress; the whole output goes to LOG."""
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(source), f"playbooks/{playbook}",
             "-e", json.dumps(extra_vars)]
-    tail: deque[str] = deque(maxlen=40)
+    task, failure = "", ""
     with log.open("w", encoding="utf-8") as handle, subprocess.Popen(
             argv, cwd=ANSIBLE_DIR, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True) as process:
         assert process.stdout is not None
+        lines_after_fatal = 0
         for line in process.stdout:
             handle.write(line)
-            tail.append(line.rstrip())
             if line.startswith("TASK ["):
-                on_task(line[len("TASK ["):].split("]", 1)[0])
+                task = line[len("TASK ["):].split("]", 1)[0]
+                on_task(task)
+            elif line.startswith(("fatal: [", "failed: [")) and not failure:
+                failure, lines_after_fatal = f"{task}: {line.strip()}", 6
+            elif lines_after_fatal:
+                failure, lines_after_fatal = f"{failure} {line.strip()}", lines_after_fatal - 1
     if process.returncode != 0:
-        raise ServeFailed(Problem("--serve", f"{playbook} failed (exit {process.returncode}); full log: {log}\n"
-                                             + "\n".join(tail)))
+        raise ServeFailed(Problem("--serve", f"{playbook} failed (exit {process.returncode}) at {failure[:600] or task}"
+                                             f"; full log: {log}"))
 
 
 def inventory_hosts(source: Path) -> dict[str, Any]:
