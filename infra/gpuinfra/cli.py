@@ -248,7 +248,7 @@ def _size(args: argparse.Namespace, out) -> int:
     from gpuinfra.performance import default_workload, rank_by_sla
 
     result = rank_by_sla(plan(request, max_nodes=max_nodes or 4), request, workload or default_workload(request),
-                         sla)
+                         sla, closed_batch=workload is not None)
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
     else:
@@ -260,13 +260,13 @@ def _size(args: argparse.Namespace, out) -> int:
 
 def _load_and_sla(args: argparse.Namespace, request, problems: list[Problem]):
     """The workload to predict speed for (None unless asked for) and the planner's SLA, from the flags."""
-    from gpuinfra.performance import Sla, Workload, default_workload
+    from gpuinfra.performance import SlaTarget, Workload, default_workload
 
     input_tokens = _number(args.input_tokens, "--input-tokens", problems)
     output_tokens = _number(args.output_tokens, "--output-tokens", problems)
     ttft = _number(args.ttft_p99, "--ttft-p99", problems, float)
     floor = _number(args.min_stream_tokens_per_s, "--min-stream-tokens-per-s", problems, float)
-    sla = Sla(ttft_p99_s=ttft, **({"min_stream_tokens_per_s": floor, "floor_is_default": False} if floor else {}))
+    sla = SlaTarget(ttft_p99_s=ttft, **({"min_stream_tokens_per_s": floor, "floor_is_default": False} if floor else {}))
     if request is None or not (input_tokens or output_tokens):
         return None, sla
     default = default_workload(request)

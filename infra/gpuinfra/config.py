@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from gpuinfra.catalog import InstanceType, find_instance_type, find_model, load_catalog, region_problem
+from gpuinfra.catalog import InstanceType, find_gpu, find_instance_type, find_model, load_catalog, region_problem
 from gpuinfra.documents import kind_of, load_yaml, parse_yaml
 from gpuinfra.errors import InfeasibleError, InputError, Problem, problems_from_validation_error
 from gpuinfra.kubernetes.target import Ec2Target, Target, target_problems
+from gpuinfra.performance import DEFAULT_STREAM_TOKENS_PER_S, SlaTarget, default_workload, sla_reasons, steady_state
 from gpuinfra.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     AttentionParallel,
@@ -159,6 +160,14 @@ class Sla(StrictModel):
     error_rate: float = Field(0.01, ge=0, le=1, description="Largest acceptable share of failed (5xx) requests")
     min_output_tokens_per_s: float | None = Field(
         None, gt=0, description="Aggregate generation throughput floor at the stack's concurrency")
+    min_stream_tokens_per_s: float = Field(
+        DEFAULT_STREAM_TOKENS_PER_S, gt=0, description="Output tokens/s each stream must see at the stack's "
+                                                       "concurrency (the planner's floor; default: reading speed)")
+
+    def target(self) -> SlaTarget:
+        """What the planner checks an instance type against (steady state at the stack's concurrency)."""
+        return SlaTarget(ttft_p99_s=self.ttft_p99_s, min_stream_tokens_per_s=self.min_stream_tokens_per_s,
+                         floor_is_default="min_stream_tokens_per_s" not in self.model_fields_set)
 
 
 class ClusterConfig(StrictModel):
@@ -424,6 +433,10 @@ def _size_named_types(request: SizingRequest, config: ClusterConfig,
     for span in spans:
         evaluations = [evaluate(request, Hardware.from_instance(i, span)) for i in instances]
         if all(e.feasible for e in evaluations):
+            missed = [Problem(f"cluster.instance_types.{index}", f"{e.instance_type} x {span} node(s): {reason}")
+                      for index, e in enumerate(evaluations) for reason in _sla_misses(request, config, e)]
+            if missed:
+                raise InfeasibleError(missed)
             return span, evaluations
     raise InfeasibleError(Problem(f"cluster.instance_types.{index}", f"{e.instance_type} x {span} node(s): {reason}")
                           for index, e in enumerate(evaluations) for reason in e.reasons)
@@ -436,7 +449,8 @@ def _cheapest_fitting_types(request: SizingRequest, config: ClusterConfig,
     for span in spans:
         candidates = [evaluate(request, Hardware.from_instance(instance, span))
                       for instance in load_catalog().instances if span == 1 or instance.efa.supported]
-        fitting = [e for e in candidates if e.feasible and not _over_budget([e], config, span)]
+        fitting = [e for e in candidates if e.feasible and not _over_budget([e], config, span)
+                   and not _sla_misses(request, config, e)]
         fitting.sort(key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0))
         if fitting:
             diversify = isinstance(config.capacity, Spot) and span == 1
@@ -446,7 +460,14 @@ def _cheapest_fitting_types(request: SizingRequest, config: ClusterConfig,
                                                              f"{config.concurrency} x {config.context_tokens} tokens "
                                                              f"on up to {config.nodes} node(s)"
                                                              + (f" within ${budget:.2f}/h" if budget else "")
-                                                             + "; see `gpuinfra size`")])
+                                                             + " and the sla; see `gpuinfra size`")])
+
+
+def _sla_misses(request: SizingRequest, config: ClusterConfig, evaluation: Evaluation) -> list[str]:
+    """Why this type misses the stack's SLA in steady state at its concurrency (empty: it meets it)."""
+    workload = default_workload(request)
+    steady = steady_state(request, evaluation, find_gpu(evaluation.gpu), workload)
+    return sla_reasons(steady, config.sla.target(), workload.concurrency)
 
 
 def _pool_cost(evaluation: Evaluation, config: ClusterConfig, span: int) -> float | None:

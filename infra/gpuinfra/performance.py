@@ -25,6 +25,7 @@ inter-node pipeline transfers are not modelled yet (no multi-GPU run so far): re
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -139,42 +140,46 @@ class BatchRun:
 def simulate_closed_batch(cost: StepCost, perf: GpuPerformance, *, requests: int, input_tokens: int,
                           output_tokens: int, max_batched_tokens: int, max_seqs: int) -> BatchRun:
     """vLLM's scheduler (chunked prefill, FIFO) step by step: each step decodes one token for every running
-    sequence, then fills the rest of the token budget with prompt chunks of the waiting requests, at most
-    MAX_SEQS sequences in flight. Prefill's last chunk yields a request's first token."""
-    remaining = [input_tokens] * requests
-    context = [0] * requests
-    generated = [0] * requests
+    sequence, then fills the rest of the token budget with prompt chunks of the admitted requests, at most
+    MAX_SEQS sequences in flight. Prefill's last chunk yields a request's first token.
+
+    Decoding sequences are tracked in aggregate (count, KV tokens) and finish in the order they started, so a
+    step costs O(1) beyond its prompt chunks: planner-sized batches (1,024 requests at 128k tokens) stay fast."""
     first: list[float] = [0.0] * requests
     finished: list[float] = [0.0] * requests
-    running: list[int] = []
-    queue = list(range(requests))
+    prefilling: deque[list[int]] = deque()  # [request, prompt tokens left], admission order
+    decoding: deque[tuple[int, int]] = deque()  # (request, step index of its last token), start order
+    next_request = decoders = decode_context = step = 0
     now = 0.0
-    while queue or running:
-        decoding = [i for i in running if remaining[i] == 0]
-        budget = max_batched_tokens - len(decoding)
-        chunks: list[tuple[int, int]] = []
-        for i in [*[j for j in running if remaining[j]], *queue]:
-            if budget <= 0 or (i in queue and len(running) >= max_seqs):
+    while next_request < requests or prefilling or decoding:
+        while next_request < requests and len(prefilling) + decoders < max_seqs:
+            prefilling.append([next_request, input_tokens])
+            next_request += 1
+        budget, chunks = max_batched_tokens - decoders, []
+        for entry in prefilling:
+            if budget <= 0:
                 break
-            if i in queue:
-                queue.remove(i)
-                running.append(i)
-            take = min(remaining[i], budget)
-            chunks.append((i, take))
+            take = min(entry[1], budget)
+            chunks.append((take, input_tokens - entry[1]))
+            entry[1] -= take
             budget -= take
-        now += cost.seconds(perf, decode_seqs=len(decoding), decode_context=sum(context[i] for i in decoding),
-                            prefill=[(take, context[i]) for i, take in chunks])
-        for i in decoding:
-            generated[i] += 1
-            context[i] += 1
-        for i, take in chunks:
-            remaining[i] -= take
-            context[i] += take
-            if remaining[i] == 0:
-                first[i], generated[i] = now, 1
-        for i in [j for j in running if remaining[j] == 0 and generated[j] >= output_tokens]:
-            finished[i] = now
-            running.remove(i)
+        now += cost.seconds(perf, decode_seqs=decoders, decode_context=decode_context, prefill=chunks)
+        decode_context += decoders
+        step += 1
+        while decoding and decoding[0][1] == step:  # their last token came in this step
+            request, _ = decoding.popleft()
+            finished[request] = now
+            decoders -= 1
+            decode_context -= input_tokens + output_tokens - 1
+        while prefilling and prefilling[0][1] == 0:
+            request = prefilling.popleft()[0]
+            first[request] = now
+            if output_tokens == 1:
+                finished[request] = now
+            else:
+                decoding.append((request, step + output_tokens - 1))
+                decoders += 1
+                decode_context += input_tokens
     return BatchRun(first_token_s=first, finished_s=finished)
 
 
@@ -215,9 +220,9 @@ def predict(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, workload: 
     )
 
 
-class Sla(BaseModel):
-    """What a planner option must meet: TTFT p99 (the closed batch's last first token) and a per-stream
-    output-speed floor."""
+class SlaTarget(BaseModel):
+    """What a planner option must meet, from the stack's `sla` block or `size --ttft-p99 /
+    --min-stream-tokens-per-s`: TTFT p99 and a per-stream output-speed floor, both in steady state."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     ttft_p99_s: float | None = Field(None, gt=0, description="None: no TTFT target")
@@ -225,43 +230,77 @@ class Sla(BaseModel):
     floor_is_default: bool = Field(True, description="The floor was not asked for: say so in the output")
 
 
+class SteadyState(BaseModel):
+    """What a client sees at the requested concurrency once the server is busy: a new prompt is prefilled
+    beside the other streams' decode steps, and each stream decodes at the batch's mean context."""
+
+    ttft_s: float = Field(description="A new request's time to first token while the others decode")
+    stream_tokens_per_s: float = Field(description="Output tokens/s of one stream")
+
+
 def default_workload(request: SizingRequest) -> Workload:
-    """The load to rank by when none is given: the request's concurrency, prompts of half the context (at
-    most 2048 tokens) and answers of up to 1024 tokens within the context."""
-    input_tokens = max(1, min(2048, request.context_tokens // 2))
-    output_tokens = max(1, min(1024, request.context_tokens - input_tokens))
+    """The load to plan for when none is given: the request's concurrency, chat-sized prompts (2,048
+    tokens, or a quarter of a short context) and answers long enough that a stream decodes at half the
+    context on average, as reasoning models do and as the engine's throughput bound assumes."""
+    input_tokens = max(1, min(2048, request.context_tokens // 4))
+    output_tokens = max(1, request.context_tokens - 2 * input_tokens)
     return Workload(input_tokens=input_tokens, output_tokens=output_tokens, concurrency=request.concurrency)
 
 
-def sla_reasons(performance: Performance, sla: Sla) -> list[str]:
+def steady_state(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, workload: Workload) -> SteadyState:
+    """Steady-state TTFT and per-stream speed of WORKLOAD on one model copy's share of the streams."""
+    copies = max(1, evaluation.replicas) * max(1, evaluation.data_parallel)
+    streams = math.ceil(workload.concurrency / copies)
+    cost, perf = StepCost.of(request, evaluation, gpu), efficiencies(gpu)
+    mean_context = workload.input_tokens + workload.output_tokens / 2
+    others = streams - 1
+    ttft, done = 0.0, 0
+    while done < workload.input_tokens:  # the prompt in budget-sized chunks, each beside the decoders
+        chunk = min(workload.input_tokens - done, max(1, evaluation.max_num_batched_tokens - others))
+        ttft += cost.seconds(perf, decode_seqs=others, decode_context=others * mean_context,
+                             prefill=[(chunk, done)])
+        done += chunk
+    step = cost.seconds(perf, decode_seqs=streams, decode_context=streams * mean_context, prefill=[])
+    return SteadyState(ttft_s=round(ttft, 4), stream_tokens_per_s=round(1 / step, 1))
+
+
+def sla_reasons(steady: SteadyState, sla: SlaTarget, concurrency: int) -> list[str]:
     reasons = []
-    if sla.ttft_p99_s is not None and performance.ttft_s > sla.ttft_p99_s:
-        reasons.append(f"TTFT {performance.ttft_s:.2f} s exceeds the {sla.ttft_p99_s:g} s SLA at "
-                       f"{performance.concurrency} requests together")
-    if performance.stream_tokens_per_s < sla.min_stream_tokens_per_s:
-        reasons.append(f"{performance.stream_tokens_per_s:.1f} output tokens/s per stream, below the "
-                       f"{sla.min_stream_tokens_per_s:g} tokens/s floor")
+    if sla.ttft_p99_s is not None and steady.ttft_s > sla.ttft_p99_s:
+        reasons.append(f"TTFT {steady.ttft_s:.2f} s exceeds the {sla.ttft_p99_s:g} s SLA at {concurrency} "
+                       "concurrent streams")
+    if steady.stream_tokens_per_s < sla.min_stream_tokens_per_s:
+        reasons.append(f"{steady.stream_tokens_per_s:.1f} output tokens/s per stream at {concurrency} concurrent "
+                       f"streams, below the {sla.min_stream_tokens_per_s:g} tokens/s floor")
     return reasons
 
 
-def rank_by_sla(result: PlanResult, request: SizingRequest, workload: Workload, sla: Sla) -> PlanResult:
-    """RESULT with every option's performance at WORKLOAD; options that miss the SLA move to the rejected
-    list with their reasons; the rest are ranked by $/h, with $ per million output tokens at that load."""
+def rank_by_sla(result: PlanResult, request: SizingRequest, workload: Workload, sla: SlaTarget, *,
+                closed_batch: bool = False) -> PlanResult:
+    """RESULT with every option's steady state at WORKLOAD (and, with CLOSED_BATCH, its closed-batch
+    performance); options that miss the SLA move to the front of the rejected list with their reasons; the
+    rest are ranked by $/h, with $ per million output tokens at that load (all streams at their speed)."""
     from gpuinfra.sizing import Rejection
 
-    options, rejected = [], list(result.rejected)
+    options, missed = [], []
     for option in result.options:
-        performance = predict(request, option, find_gpu(option.gpu), workload)
-        cost_per_million = (round(option.cost_per_hour_usd / (performance.output_tokens_per_s * 3600) * 1e6, 4)
-                            if option.cost_per_hour_usd and performance.output_tokens_per_s > 0 else None)
-        option = option.model_copy(update={"performance": performance,
-                                           "cost_per_million_output_tokens_at_load_usd": cost_per_million})
-        reasons = sla_reasons(performance, sla)
+        gpu = find_gpu(option.gpu)
+        steady = steady_state(request, option, gpu, workload)
+        tokens_per_s = steady.stream_tokens_per_s * workload.concurrency
+        cost_per_million = (round(option.cost_per_hour_usd / (tokens_per_s * 3600) * 1e6, 4)
+                            if option.cost_per_hour_usd and tokens_per_s > 0 else None)
+        update = {"steady_state": steady, "cost_per_million_output_tokens_at_load_usd": cost_per_million}
+        if closed_batch:
+            update["performance"] = predict(request, option, gpu, workload)
+        option = option.model_copy(update=update)
+        reasons = sla_reasons(steady, sla, workload.concurrency)
         if reasons:
-            rejected.append(Rejection(instance_type=option.instance_type or option.gpu, nodes=option.nodes,
-                                      reasons=reasons))
+            missed.append(Rejection(instance_type=option.instance_type or option.gpu, nodes=option.nodes,
+                                    reasons=reasons))
         else:
             options.append(option)
     options.sort(key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0, e.instance_type))
     summary = {**result.request, "workload": workload.model_dump(), "sla": sla.model_dump()}
-    return result.model_copy(update={"options": options, "rejected": rejected, "request": summary})
+    # What missed the SLA first: those fit, and why they were not chosen is the planner's answer.
+    return result.model_copy(update={"options": options, "rejected": missed + list(result.rejected),
+                                     "request": summary})

@@ -99,25 +99,37 @@ def render_plan(result: PlanResult, console: Console, rejected_limit: int = 12) 
         f"[bold]{req['model']}[/] {req['precision']}, KV {req['kv_cache_dtype']}, "
         f"{req['concurrency']} x {req['context_tokens']:,} tokens, up to {req['max_nodes']} node(s)"
     )
+    sla, load = req.get("sla") or {}, req.get("workload") or {}
+    if sla:
+        target = [f"≥ {sla['min_stream_tokens_per_s']:g} output tokens/s per stream"
+                  + (" (default floor: about reading speed)" if sla.get("floor_is_default") else "")]
+        if sla.get("ttft_p99_s"):
+            target.append(f"TTFT p99 ≤ {sla['ttft_p99_s']:g} s")
+        console.print(f"SLA: {', '.join(target)}; load: {load.get('concurrency')} streams, "
+                      f"{load.get('input_tokens'):,} in / {load.get('output_tokens'):,} out")
     if result.options:
-        table = Table(title="Feasible, cheapest first", title_justify="left")
-        for column in ("instance", "nodes", "layout", "weights/GPU", "KV/GPU", "max seqs", "tok/s bound",
-                       "$/h", "$/M tok"):
+        table = Table(title="Meet the SLA, cheapest first", title_justify="left")
+        for column in ("instance", "nodes", "layout", "weights/GPU", "KV/GPU", "max seqs", "tok/s/stream",
+                       "TTFT s", "$/h", "$/M tok at load"):
             table.add_column(column, justify="right" if column not in ("instance", "layout") else "left")
         for e in result.options:
+            steady = e.steady_state
             table.add_row(
                 e.instance_type or e.gpu, str(e.nodes), _layout(e), f"{e.per_gpu.weights_gib:.1f}",
                 f"{e.per_gpu.kv_cache_gib:.1f}", str(e.max_concurrency_at_context),
-                f"{e.aggregate_decode_tokens_per_s_bound:,.0f}", _money(e.cost_per_hour_usd),
-                _money(e.cost_per_million_output_tokens_usd),
+                f"{steady.stream_tokens_per_s:,.1f}" if steady else "n/a",
+                f"{steady.ttft_s:.2f}" if steady else "n/a", _money(e.cost_per_hour_usd),
+                _money(e.cost_per_million_output_tokens_at_load_usd),
             )
         console.print(table)
         best = result.options[0]
         console.print(Text("cheapest: ", style="bold"), memory_bar(best))
+        if best.performance and best.performance.basis:
+            console.print(Text(f"speed basis ({best.gpu}): {best.performance.basis}", style="dim"))
     else:
-        console.print("[bold red]No catalog instance type can serve this request.[/]")
+        console.print("[bold red]No catalog instance type can serve this request within the SLA.[/]")
     if result.rejected:
-        table = Table(title=f"Not feasible ({len(result.rejected)})", title_justify="left")
+        table = Table(title=f"Not feasible or missing the SLA ({len(result.rejected)})", title_justify="left")
         table.add_column("instance")
         table.add_column("nodes", justify="right")
         table.add_column("why not")

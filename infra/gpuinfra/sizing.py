@@ -27,7 +27,7 @@ from gpuinfra.architecture import LayerParams, ModelArchitecture
 from gpuinfra.catalog import Gpu, InstanceType, ModelEntry, find_gpu, load_catalog
 from gpuinfra.catalog.schema import MemoryModel
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
-from gpuinfra.performance import Performance
+from gpuinfra.performance import Performance, SteadyState
 
 GIB = 1024**3
 
@@ -243,6 +243,7 @@ class Evaluation(BaseModel):
     cost_per_million_output_tokens_usd: float | None
     assumptions: list[str]
     performance: Performance | None = Field(None, description="Speed at a given load (gpuinfra.performance)")
+    steady_state: SteadyState | None = Field(None, description="What the SLA is checked on (planner options)")
     cost_per_million_output_tokens_at_load_usd: float | None = Field(
         None, description="$/h over the predicted output tokens/s at that load")
 

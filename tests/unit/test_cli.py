@@ -67,7 +67,7 @@ def test_human_output_shows_verdict_and_memory_bar(capsys):
     code, out, _ = run("size", "deepseek-r1", "--instance-type", "p5en.48xlarge", capsys=capsys)
     assert code == 0 and "FITS" in out and "weights 79.3 GiB" in out and "KV cache" in out and "█" in out
     code, out, _ = run("size", "deepseek-r1-distill-qwen-7b", "--max-nodes", "1", capsys=capsys)
-    assert code == 0 and "Feasible, cheapest first" in out and "Not feasible" in out
+    assert code == 0 and "Meet the SLA, cheapest first" in out and "Not feasible" in out
 
 
 @pytest.mark.parametrize(

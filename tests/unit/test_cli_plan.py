@@ -86,7 +86,7 @@ def test_inventory_static_form(capsys):
     assert variables["gpuinfra_request"]["model"] == "deepseek-r1"
     assert variables["gpuinfra_software"]["nvidia_driver"]["branch"] == "580"
     assert variables["gpuinfra_sla"] == {"ttft_p99_s": 2.0, "e2e_p99_s": 60.0, "error_rate": 0.01,
-                                         "min_output_tokens_per_s": None}
+                                         "min_output_tokens_per_s": None, "min_stream_tokens_per_s": 10.0}
 
 
 def test_catalog_software_is_the_document_the_roles_read(capsys):
