@@ -121,6 +121,38 @@ def closed_batch_rows(runs: list[dict], gpu_name: str, perf: GpuPerformance) -> 
     return rows
 
 
+def serving_rows(results: dict, gpu_name: str, perf: GpuPerformance) -> list[list[str]]:
+    """The project's load test against the real OpenAI server (closed loop: C workers, each request after
+    the last), against the model's closed batch of C: per-request latency and output tokens/s."""
+    from gpuinfra.assets.serving_probe import PROMPT
+
+    serve = (results["results"].get("serve-qwen-7b") if isinstance(results["results"], dict) else None) or {}
+    if not serve.get("load"):
+        return []
+    plan = serve["plan"]
+    config = json.loads((REPO / "benchmarks/vllm_calibration/configs/qwen-7b.json").read_text())
+    request = build_request(model=ModelSpec(name="serve", architecture=parse_hf_config(config)),
+                            context_tokens=plan["max_model_len"], concurrency=1,
+                            gpu_memory_utilization=plan["gpu_memory_utilization"],
+                            max_num_batched_tokens=plan["max_num_batched_tokens"])
+    gpu = find_gpu(gpu_name).model_copy(update={"performance": perf})
+    evaluation = evaluate(request, Hardware(gpu=gpu, gpus_per_node=1))
+    rows = []
+    for test in serve["load"]:
+        got = test["result"]
+        concurrency, output = got["concurrency"], got["output_tokens"] // max(1, got["succeeded"])
+        # The stand-in tokenizer is one token per character.
+        predicted = predict(request, evaluation, gpu, Workload(input_tokens=len(PROMPT), output_tokens=output,
+                                                               concurrency=concurrency),
+                            max_seqs=plan["max_num_seqs"])
+        latency = 1 / predicted.output_tokens_per_s * concurrency * output
+        measured_rate, rate = got["output_tokens_per_s"], predicted.output_tokens_per_s
+        rows.append([str(concurrency), f"{got['latency_p50_s']:.3f} / {latency:.3f} "
+                                       f"({(latency - got['latency_p50_s']) / got['latency_p50_s']:+.0%})",
+                     f"{measured_rate:,.0f} / {rate:,.0f} ({(rate - measured_rate) / measured_rate:+.0%})"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="results.json of benchmarks/vllm_calibration")
@@ -147,6 +179,14 @@ def main() -> None:
     lines += ["| " + " | ".join(row) + " |" for row in closed_batch_rows(held_out, args.gpu, perf)]
     lines += ["", "FP8 runs (if any) are held out entirely: their prefill runs at the GPU's FP8 peak with the "
               "same efficiency."]
+    serving = serving_rows(results, args.gpu, perf)
+    if serving:
+        lines += ["", "The project's load test (`serving_probe.py load`, 256 tokens per request) against vLLM's "
+                  "OpenAI server, R1-Distill-Qwen-7B shape, the role's command line (max_num_seqs 122), "
+                  "measured / predicted (error). The server adds HTTP, tokenisation and streaming; at C = 128 "
+                  "six requests wait for a seat, which the model also plays:", "",
+                  "| C | latency P50 s | output tok/s |", "|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in serving]
     emit(lines, args.write)
 
 
