@@ -34,7 +34,7 @@ MIN_FIT_PROMPT_TOKENS = 2048
 
 
 def dense_graph_runs(results: dict, *, quantized: bool = False) -> list[dict]:
-    """Dense CUDA-graph runs with speed workloads: bf16 ones (the fit), or also FP8 ones (held out)."""
+    """Dense CUDA-graph runs with speed workloads: bf16 weights, or also FP8 ones."""
     runs = results["results"].values() if isinstance(results["results"], dict) else results["results"]
     return [r for r in runs if r.get("status") == "done" and (r.get("workloads") or {}).get("closed_batch")
             and not r["spec"].get("enforce_eager") and r["spec"].get("dtype") == "bfloat16"
@@ -80,20 +80,23 @@ PARAMETERS = {  # name: (start, lower, upper)
 }
 
 
-def fit(points: list[tuple[float, StepCost, dict]], source: str) -> GpuPerformance:
-    """The figures minimising the squared log error over every point: coordinate descent, each figure
-    searched in shrinking multiplicative steps within its bounds, until no step improves the error."""
+FP8_PARAMETERS = {"fp8_prefill_efficiency": (0.6, 0.2, 1.0), "fp8_weight_bandwidth_efficiency": (0.8, 0.3, 1.0)}
+
+
+def descend(points: list[tuple[float, StepCost, dict]], parameters: dict[str, tuple[float, float, float]],
+            fixed: dict[str, float]) -> dict[str, float]:
+    """PARAMETERS minimising the squared log error over every point, the FIXED ones held: coordinate
+    descent, each figure searched in shrinking multiplicative steps within its bounds."""
 
     def error(values: dict[str, float]) -> float:
-        perf = SimpleNamespace(**values)  # a validated model per trial would dominate the run time
+        perf = SimpleNamespace(**fixed, **values)  # a validated model per trial would dominate the run time
         return sum(math.log(cost.seconds(perf, **step) / measured) ** 2 for measured, cost, step in points)
 
-    values = {name: start for name, (start, _, _) in PARAMETERS.items()}
-    best = error(values)
-    step = 0.5
+    values = {name: start for name, (start, _, _) in parameters.items()}
+    best, step = error(values), 0.5
     while step > 1e-3:
         improved = False
-        for name, (_, lower, upper) in PARAMETERS.items():
+        for name, (_, lower, upper) in parameters.items():
             for factor in (1 + step, 1 / (1 + step)):
                 trial = {**values, name: min(upper, max(lower, (values[name] or 0.01) * factor))}
                 trial_error = error(trial)
@@ -101,8 +104,15 @@ def fit(points: list[tuple[float, StepCost, dict]], source: str) -> GpuPerforman
                     values, best, improved = trial, trial_error, True
         if not improved:
             step /= 2
-    rounded = {name: round(value, 3) for name, value in values.items()}
-    return GpuPerformance(**rounded, source=source)
+    return {name: round(value, 3) for name, value in values.items()}
+
+
+def fit(points: list[tuple[float, StepCost, dict]], source: str) -> GpuPerformance:
+    """The bf16 figures on the bf16 points, then the FP8 ones on the FP8 points with the rest held."""
+    bf16 = descend([p for p in points if not p[1].fp8], PARAMETERS, {})
+    fp8_points = [p for p in points if p[1].fp8]
+    fp8 = descend(fp8_points, FP8_PARAMETERS, bf16) if fp8_points else {}
+    return GpuPerformance(**bf16, **fp8, source=source)
 
 
 def closed_batch_rows(runs: list[dict], gpu_name: str, perf: GpuPerformance) -> list[list[str]]:
@@ -161,7 +171,7 @@ def main() -> None:
     parser.add_argument("--write", metavar="PATH", help="write the report as Markdown")
     args = parser.parse_args()
     results = json.loads(Path(args.results).read_text())
-    runs = dense_graph_runs(results)
+    runs = dense_graph_runs(results, quantized=True)
     points = []
     for run in runs:
         request, evaluation, gpu = sized(run, args.gpu)
@@ -172,13 +182,12 @@ def main() -> None:
              f"Runs: {', '.join(r['name'] for r in runs)} ({args.results}); fitted on {len(points)} single-step "
              f"measurements (prefill sweeps from {MIN_FIT_PROMPT_TOKENS} tokens, pure-decode sweeps); the closed "
              "batches below were not used in the fit.",
-             "", *[f"- {name}: {getattr(perf, name)}" for name in PARAMETERS], "",
+             "", *[f"- {name}: {getattr(perf, name)}" for name in [*PARAMETERS, *FP8_PARAMETERS]], "",
              "Closed batches, measured / predicted (error):", "",
              "| run | C | TTFT p99 s | ITL mean s | output tok/s |", "|---|---|---|---|---|"]
-    held_out = dense_graph_runs(results, quantized=True)
-    lines += ["| " + " | ".join(row) + " |" for row in closed_batch_rows(held_out, args.gpu, perf)]
-    lines += ["", "FP8 runs (if any) are held out entirely: their prefill runs at the GPU's FP8 peak with the "
-              "same efficiency."]
+    lines += ["| " + " | ".join(row) + " |" for row in closed_batch_rows(runs, args.gpu, perf)]
+    lines += ["", "The bf16 figures are fitted on the bf16 runs; the two FP8 figures on the FP8 run's sweeps with "
+              "the bf16 ones held."]
     serving = serving_rows(results, args.gpu, perf)
     if serving:
         lines += ["", "The project's load test (`serving_probe.py load`, 256 tokens per request) against vLLM's "

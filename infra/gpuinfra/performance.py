@@ -87,6 +87,7 @@ class StepCost:
     tensor_parallel: int
     peak_flops: float
     bandwidth: float
+    fp8: bool  # FP8 weights on FP8 tensor cores: their own efficiencies where measured
 
     @classmethod
     def of(cls, request: SizingRequest, evaluation: Evaluation, gpu: Gpu) -> StepCost:
@@ -101,7 +102,8 @@ class StepCost:
                    weights_bytes=weights, kv_bytes_per_token=evaluation.kv_cache_bytes_per_token,
                    pipeline_parallel=evaluation.pipeline_parallel, tensor_parallel=evaluation.tensor_parallel,
                    peak_flops=_peak_flops(gpu, request.effective_precision.value),
-                   bandwidth=gpu.memory_bandwidth_gbs * 1e9)
+                   bandwidth=gpu.memory_bandwidth_gbs * 1e9,
+                   fp8=request.effective_precision.value == "fp8" and bool(gpu.fp8_dense_tflops))
 
     def seconds(self, perf: GpuPerformance, *, decode_seqs: int, decode_context: float,
                 prefill: list[tuple[int, int]]) -> float:
@@ -110,9 +112,13 @@ class StepCost:
         tokens = decode_seqs + sum(chunk for chunk, _ in prefill)
         attention = sum(self.attention_flops_per_token_position * chunk * (start + chunk / 2)
                         for chunk, start in prefill)
-        compute = (2 * self.active_params * tokens + attention) / (self.peak_flops * perf.prefill_efficiency
+        prefill_efficiency, weight_efficiency = perf.prefill_efficiency, perf.weight_bandwidth_efficiency
+        if self.fp8:
+            prefill_efficiency = getattr(perf, "fp8_prefill_efficiency", None) or prefill_efficiency
+            weight_efficiency = getattr(perf, "fp8_weight_bandwidth_efficiency", None) or weight_efficiency
+        compute = (2 * self.active_params * tokens + attention) / (self.peak_flops * prefill_efficiency
                                                                   * self.tensor_parallel)
-        memory = self.pipeline_parallel * (self.weights_bytes / perf.weight_bandwidth_efficiency
+        memory = self.pipeline_parallel * (self.weights_bytes / weight_efficiency
                                            + self.kv_bytes_per_token * decode_context / perf.kv_bandwidth_efficiency
                                            ) / self.bandwidth
         sequences = decode_seqs + len(prefill)

@@ -31,6 +31,10 @@ class GpuPerformance(CatalogModel):
     kv_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth reading the KV cache")
     step_overhead_ms: float = Field(ge=0, description="Fixed cost per engine step (scheduler, launches)")
     per_sequence_overhead_us: float = Field(ge=0, description="Cost per sequence in a step (sampling, bookkeeping)")
+    fp8_prefill_efficiency: float | None = Field(
+        None, gt=0, le=1, description="FP8 weights: share of the FP8 tensor throughput (default: prefill_efficiency)")
+    fp8_weight_bandwidth_efficiency: float | None = Field(
+        None, gt=0, le=1, description="FP8 weights: share of HBM bandwidth reading them (default: the bf16 one)")
     source: str = Field(description="The measured run (docs/validation/...) or 'derived from the GPU's spec'")
 
 
