@@ -15,7 +15,7 @@ if [[ "$PROFILE" != plan && "$PROFILE" != test ]]; then
 fi
 VENV=.venv
 PYTHON=${PYTHON:-python3}
-stamp_inputs=(pyproject.toml constraints.txt scripts/apt-packages.txt)
+stamp_inputs=(pyproject.toml constraints.txt scripts/apt-packages.txt scripts/tools-constraints.txt)
 digest=$(cat "${stamp_inputs[@]}" | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$PROFILE-$digest"
 if [[ -f "$stamp" || -f "$VENV/.setup-test-$digest" ]]; then
@@ -58,6 +58,13 @@ fi
 extras=""
 [[ "$PROFILE" == test ]] && extras="[dev]"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
+if [[ "$PROFILE" == test ]]; then
+  # checkov (the Kubernetes manifests' scan) pins a boto3 the project's pin excludes: it gets a venv of its own.
+  TOOLS=.venv-tools
+  [[ -x "$TOOLS/bin/python" ]] || "$PYTHON" -m venv "$TOOLS"
+  "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip==25.3
+  "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check -c scripts/tools-constraints.txt checkov==3.3.30
+fi
 rm -f "$VENV"/.setup-*
 touch "$stamp"
 echo "setup: ready ($VENV, $PROFILE profile)"

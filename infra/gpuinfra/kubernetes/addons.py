@@ -12,7 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from gpuinfra.catalog import load_catalog
-from gpuinfra.kubernetes.objects import GPU, JOB_LABEL
+from gpuinfra.kubernetes.objects import GPU, JOB_LABEL, PINNED_IMAGE_SKIPS, checkov_skips
 
 NVIDIA_DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
 EFA_DEVICE_PLUGIN_IMAGE = "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/aws-efa-k8s-device-plugin:v0.5.8"
@@ -22,6 +22,26 @@ DCGM_LABELS = {"app.kubernetes.io/name": "dcgm-exporter", "app.kubernetes.io/man
 KUBELET_PLUGINS = "/var/lib/kubelet/device-plugins"
 
 
+DEVICE_PLUGIN_SKIPS = {
+    **PINNED_IMAGE_SKIPS,
+    "CKV_K8S_23": "a device plugin registers with the kubelet through its root-owned socket directory",
+    "CKV_K8S_40": "a device plugin registers with the kubelet through its root-owned socket directory",
+    "CKV_K8S_8": "a device plugin serves no health endpoint; the kubelet drops its resources when it exits",
+    "CKV_K8S_9": "a device plugin serves no health endpoint; the kubelet drops its resources when it exits",
+}
+EXPORTER_SKIPS = {
+    **PINNED_IMAGE_SKIPS,
+    "CKV_K8S_23": "DCGM reads every GPU's counters through the host engine, as root",
+    "CKV_K8S_40": "DCGM reads every GPU's counters through the host engine, as root",
+}
+
+
+def network_policy(labels: dict[str, str], port: int | None) -> dict[str, Any]:
+    """No ingress to a device plugin (it talks to the kubelet over a socket); the metrics port of an exporter."""
+    return {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": port, "protocol": "TCP"}]}] if port else []}
+
+
 def locked_down(run_as_root: bool = True) -> dict[str, Any]:
     """A device plugin talks to the kubelet's socket as root, with no capability and no escalation."""
     return {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
@@ -29,10 +49,14 @@ def locked_down(run_as_root: bool = True) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def plugin_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "gpuinfra"}
+
+
 def node_daemon_set(name: str, *, image: str, instance_types: list[str], mounts: dict[str, str],
                     container: dict[str, Any] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """A DaemonSet on the GPU node types only, tolerating their taint, mounting MOUNTS {host path: container path}."""
-    labels = labels or {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "gpuinfra"}
+    labels = labels or plugin_labels(name)
     volumes = [{"name": f"host-{index}", "hostPath": {"path": host}} for index, host in enumerate(mounts)]
     main = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "securityContext": locked_down(),
             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
@@ -86,23 +110,35 @@ class GpuAddons(pulumi.ComponentResource):
         super().__init__("gpuinfra:kubernetes:GpuAddons", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         types = args.instance_types
+        plugin_annotations = checkov_skips(DEVICE_PLUGIN_SKIPS)
+        plugins = ["nvidia-device-plugin", *(["aws-efa-k8s-device-plugin"] if args.efa else [])]
+        for plugin in plugins:
+            k8s.networking.v1.NetworkPolicy(f"{name}-{plugin}", metadata={
+                "name": plugin, "namespace": SYSTEM_NAMESPACE}, spec=network_policy(plugin_labels(plugin), None),
+                opts=child)
         k8s.apps.v1.DaemonSet(f"{name}-nvidia-device-plugin", metadata={
-            "name": "nvidia-device-plugin", "namespace": SYSTEM_NAMESPACE}, spec=node_daemon_set(
+            "name": "nvidia-device-plugin", "namespace": SYSTEM_NAMESPACE, "annotations": plugin_annotations},
+            spec=node_daemon_set(
             "nvidia-device-plugin", image=NVIDIA_DEVICE_PLUGIN_IMAGE, instance_types=types,
             mounts={KUBELET_PLUGINS: KUBELET_PLUGINS}, container={"env": [
                 {"name": "FAIL_ON_INIT_ERROR", "value": "true"}, {"name": "DEVICE_LIST_STRATEGY", "value": "envvar"}]}),
             opts=child)
         if args.efa:
             k8s.apps.v1.DaemonSet(f"{name}-efa-device-plugin", metadata={
-                "name": "aws-efa-k8s-device-plugin", "namespace": SYSTEM_NAMESPACE}, spec=node_daemon_set(
+                "name": "aws-efa-k8s-device-plugin", "namespace": SYSTEM_NAMESPACE, "annotations": plugin_annotations},
+                spec=node_daemon_set(
                 "aws-efa-k8s-device-plugin", image=EFA_DEVICE_PLUGIN_IMAGE, instance_types=types,
                 mounts={KUBELET_PLUGINS: KUBELET_PLUGINS, "/dev/infiniband": "/dev/infiniband"}), opts=child)
         namespace = k8s.core.v1.Namespace(f"{name}-monitoring", metadata={"name": MONITORING_NAMESPACE, "labels": {
             "pod-security.kubernetes.io/enforce": "privileged", "pod-security.kubernetes.io/warn": "restricted"}},
             opts=child)
         inside = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        k8s.networking.v1.NetworkPolicy(f"{name}-dcgm-exporter", metadata={
+            "name": "dcgm-exporter", "namespace": MONITORING_NAMESPACE}, spec=network_policy(
+            DCGM_LABELS, load_catalog().software.monitoring.dcgm_exporter_port), opts=inside)
         k8s.apps.v1.DaemonSet(f"{name}-dcgm-exporter", metadata={
-            "name": "dcgm-exporter", "namespace": MONITORING_NAMESPACE, "labels": DCGM_LABELS}, spec=node_daemon_set(
+            "name": "dcgm-exporter", "namespace": MONITORING_NAMESPACE, "labels": DCGM_LABELS,
+            "annotations": checkov_skips(EXPORTER_SKIPS)}, spec=node_daemon_set(
             "dcgm-exporter", image=load_catalog().software.monitoring.dcgm_exporter_image, instance_types=types,
             mounts={"/var/lib/kubelet/pod-resources": "/var/lib/kubelet/pod-resources"},
             container=dcgm_exporter_container(), labels=DCGM_LABELS), opts=inside)

@@ -19,9 +19,11 @@ from gpuinfra.kubernetes.objects import (
     autoscaler_spec,
     disruption_budget_spec,
     leader_worker_set_spec,
+    network_policy_spec,
     pod_template,
     scaled_object_spec,
     service_spec,
+    serving_skips,
     stateful_set_spec,
 )
 from gpuinfra.kubernetes.serving_plan import PodPlan
@@ -67,6 +69,8 @@ class ModelServing(pulumi.ComponentResource):
                             spec=service_spec(cluster, pods, headless=True), opts=inside)
         k8s.core.v1.Service(f"{name}-api", metadata={"name": name, **meta, "labels": {
             **labels, f"{ANNOTATION}/job": "inference"}}, spec=service_spec(cluster, pods, headless=False), opts=inside)
+        k8s.networking.v1.NetworkPolicy(f"{name}-ingress", metadata={"name": name, **meta},
+                                        spec=network_policy_spec(cluster, pods), opts=inside)
         target = self._workload(name, args, meta, inside)
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata={"name": name, **meta},
                                           spec=disruption_budget_spec(cluster), opts=inside)
@@ -86,6 +90,7 @@ class ModelServing(pulumi.ComponentResource):
         def template(role: str) -> dict[str, Any]:
             return pod_template(cluster, pods, stager_config_map=f"{name}-stager", service_account=name, role=role)
 
+        meta = {**meta, "annotations": serving_skips(pods)}
         if pods.group_size == 1:
             k8s.apps.v1.StatefulSet(f"{name}-sts", metadata={"name": name, **meta}, spec=stateful_set_spec(
                 cluster, pods, name=name, template=template("leader"), service_name=f"{name}-pods"), opts=opts)
