@@ -166,3 +166,33 @@ def test_the_stored_cluster_config_round_trips():
     for stack in ("dev-7b", "prod-70b", "prod-r1", "spot-32b"):
         config = load_stack(stack).config
         assert parse_cluster(config.model_dump(mode="json")) == config
+
+
+def test_a_team_backend_on_s3_carries_the_whole_lifecycle(tmp_path, monkeypatch):
+    import io
+    import json
+
+    from gpuinfra.cli import main
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("GPUINFRA_HOME", str(tmp_path / "home"))
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="team-gpuinfra-state")
+        common = ["--engine", "standin", "--backend", "s3://team-gpuinfra-state/envs?region=us-east-1"]
+
+        def env(*argv: str) -> tuple[int, str]:
+            out = io.StringIO()
+            return main(["env", *argv, *common], out=out), out.getvalue()
+
+        assert env("up", "dev-7b", "--name", "t", "--ttl", "2h", "--budget", "50")[0] == 0
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="team-gpuinfra-state")["Contents"]}
+        assert {"envs/.pulumi/stacks/gpuinfra/t.json", "envs/.pulumi/stacks/gpuinfra/t.pulumi-tags",
+                "envs/.gpuinfra/stacks/gpuinfra/t.yaml"} <= keys
+        assert env("up", "dev-7b", "--name", "t", "--ttl", "2h")[0] == 1  # the S3 claim holds too
+        (row,) = json.loads(env("ls", "--json")[1])
+        assert row["name"] == "t" and row["budget_left_usd"] == 50.0
+        assert env("clock", "--advance", "3h")[0] == 0
+        rc, out = env("reap", "--yes")
+        assert rc == 0 and "reap destroy t: expired" in out
+        assert json.loads(env("ls", "--json")[1]) == []
