@@ -217,12 +217,14 @@ CASES = {
         "inference_server_plan.gpu_memory_utilization must be a fraction in (0, 1] (is 1.5)"]),
     "node_validation load test and SLA": ("serve.yml", "node_validation", {
         "node_validation_load_concurrency": 0, "node_validation_load_requests": 0,
-        "node_validation_load_max_tokens": -1, "node_validation_sla": {"error_rate": 2, "ttft_p99_s": 0}}, [
+        "node_validation_load_max_tokens": -1,
+        "node_validation_sla": {"error_rate": 2, "ttft_p99_s": 0, "min_stream_tokens_per_s": 0}}, [
         "node_validation_load_concurrency must be 1 or more streams (is 0)",
         "node_validation_load_requests must be 1 or more requests (is 0)",
         "node_validation_load_max_tokens must be 1 or more tokens (is -1)",
         "node_validation_sla.error_rate must be a share in [0, 1] (is 2)",
-        "node_validation_sla.ttft_p99_s must be above 0 seconds (is 0)"]),
+        "node_validation_sla.ttft_p99_s must be above 0 seconds (is 0)",
+        "node_validation_sla.min_stream_tokens_per_s must be above 0 tokens/s (is 0)"]),
     "monitoring ranges": ("monitoring.yml", "monitoring", {
         "monitoring_node_exporter_port": 0, "monitoring_dcgm_exporter_port": 65536,
         "monitoring_gpu_memory_alert_ratio": 1.2, "monitoring_prometheus_retention": "two weeks",
