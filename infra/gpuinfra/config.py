@@ -14,7 +14,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gpuinfra.catalog import InstanceType, find_gpu, find_instance_type, find_model, load_catalog, region_problem
 from gpuinfra.documents import kind_of, load_yaml, parse_yaml
@@ -44,6 +53,28 @@ MAX_USER_TAGS = 30
 MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH = 128, 256
 TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 RESERVED_TAG_PREFIXES = ("aws:", "gpuinfra:")
+
+
+def stack_name_problem(name: str) -> str | None:
+    if STACK_NAME_PATTERN.match(name):
+        return None
+    return (f"{name[:60]!r} is not a stack name: 1-100 letters, digits, '-', '_' or '.', starting with a letter "
+            "or digit")
+
+
+def _refusing(problem_of):  # noqa: ANN001, ANN202 - a validator factory
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
+# Checked names, one definition each: the stack config and the stack outputs (gpuinfra.inventory) use them.
+StackName = Annotated[str, AfterValidator(_refusing(stack_name_problem))]
+RegionName = Annotated[str, AfterValidator(_refusing(region_problem))]
 
 
 class StrictModel(BaseModel):
@@ -188,7 +219,7 @@ class ClusterConfig(StrictModel):
         None, ge=1, le=64, description="Nodes one model copy spans (pipeline parallel over EFA); default: the "
                                        "fewest that serve the request")
     capacity: Capacity = Field(default_factory=OnDemand)
-    region: str = Field("us-east-1")
+    region: RegionName = Field("us-east-1", description="AWS region (one of the catalog's)")
     availability_zone: str | None = Field(None, description="Required for multi-node (cluster placement group)")
     network: Network = Field(default_factory=CreateVpc)
     access: Access = Field(default_factory=Access)
@@ -201,14 +232,6 @@ class ClusterConfig(StrictModel):
     tags: dict[str, str] = Field(default_factory=dict)
     target: Target = Field(default_factory=Ec2Target, description="Where to serve: ec2 (default), eks or an "
                                                                   "existing cluster (kubernetes)")
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        problem = region_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @field_validator("tags")
     @classmethod
@@ -496,13 +519,6 @@ def _budget_reason(evaluation: Evaluation, config: ClusterConfig, span: int) -> 
 
 def stack_file(stack: str, directory: Path = STACKS_DIR) -> Path:
     return directory / f"Pulumi.{stack}.yaml"
-
-
-def stack_name_problem(name: str) -> str | None:
-    if STACK_NAME_PATTERN.match(name):
-        return None
-    return (f"{name[:60]!r} is not a stack name: 1-100 letters, digits, '-', '_' or '.', starting with a letter "
-            "or digit")
 
 
 def stack_name_from_file(path: Path) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpuinfra.catalog import find_instance_type, load_catalog, region_problem
-from gpuinfra.config import Sla, stack_name_problem
+from gpuinfra.catalog import find_instance_type, load_catalog
+from gpuinfra.config import RegionName, Sla, StackName
 from gpuinfra.contract import NODE_GROUP
 from gpuinfra.documents import load_json_object
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
@@ -69,8 +69,8 @@ class StackOutputs(_Contract):
     are kept as they are (extra keys allowed: a newer program may export more)."""
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True, extra="allow")
-    stack: str
-    region: str
+    stack: StackName
+    region: RegionName
     nodes: int = Field(ge=1, le=64)
     nodes_per_copy: int = Field(1, ge=1, le=64)
     capacity: str | None = None
@@ -81,22 +81,6 @@ class StackOutputs(_Contract):
     sla: Sla | None = None
     auto_scaling_group_name: str | None = None
     endpoint_dns_name: str | None = None
-
-    @field_validator("stack")
-    @classmethod
-    def _stack(cls, value: str) -> str:
-        problem = stack_name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        problem = region_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @field_validator("instance_types")
     @classmethod
