@@ -20,6 +20,7 @@ import yaml
 
 from gpuinfra.environments.cli import add_env_parser, run_env
 from gpuinfra.errors import InfeasibleError, InputError, Problem
+from gpuinfra.sizing import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 # Bounds on counts a user types: well past any real deployment, far short of what would hang the planner.
@@ -60,12 +61,17 @@ def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="catalog slug or HF repo id (omit with --model-config)")
     parser.add_argument("--model-config", metavar="PATH", help="a local Hugging Face config.json")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp8", "int8", "int4-awq", "int4-gptq"])
-    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
-    parser.add_argument("--context", metavar="TOKENS", help="max_model_len per sequence (default 32768)")
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], help="default auto (16-bit)")
+    parser.add_argument("--context", metavar="TOKENS",
+                        help=f"max_model_len per sequence (default {DEFAULT_CONTEXT_TOKENS})")
     parser.add_argument("--concurrency", metavar="N", help="concurrent sequences at full context (default 1)")
-    parser.add_argument("--gpu-memory-utilization", metavar="F", help="vLLM's fraction of GPU memory (0.90)")
-    parser.add_argument("--attention-parallel", choices=["tp", "dp"], default="tp",
-                        help="MLA models: tp replicates the latent KV on every rank, dp partitions sequences")
+    parser.add_argument("--gpu-memory-utilization", metavar="F",
+                        help=f"vLLM's fraction of GPU memory ({DEFAULT_GPU_MEMORY_UTILIZATION:.2f})")
+    parser.add_argument("--attention-parallel", choices=["tp", "dp"],
+                        help="MLA models: tp (default) replicates the latent KV on every rank, dp partitions sequences")
+    parser.add_argument("--request-json", metavar="JSON",
+                        help="the whole serving request as JSON (what the stack outputs carry as `request`), "
+                             "instead of MODEL and the request flags")
     parser.add_argument("--max-num-batched-tokens", metavar="N", help="vLLM token budget per step")
     parser.add_argument("--tensor-parallel", metavar="N", help="force this TP size")
     parser.add_argument("--allow-fp8-weight-only", action="store_true",
@@ -122,11 +128,40 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REQUEST_FLAGS = {"model": "MODEL", "model_config": "--model-config", "precision": "--precision",
+                 "kv_cache_dtype": "--kv-cache-dtype", "context": "--context", "concurrency": "--concurrency",
+                 "gpu_memory_utilization": "--gpu-memory-utilization", "attention_parallel": "--attention-parallel"}
+
+
+def _request_from_json(args: argparse.Namespace, problems: list[Problem]):
+    """--request-json: the request whole; the engine flags (token budget, TP, weight-only FP8) still apply."""
+    from gpuinfra.request import ServingRequest
+
+    clash = [flag for name, flag in REQUEST_FLAGS.items() if getattr(args, name) is not None]
+    if clash:
+        problems.append(Problem("--request-json", f"carries the whole request; drop {', '.join(clash)}"))
+        return None
+    engine: dict[str, Any] = {"allow_fp8_weight_only": args.allow_fp8_weight_only}
+    for key, flag, raw in (("max_num_batched_tokens", "--max-num-batched-tokens", args.max_num_batched_tokens),
+                           ("tensor_parallel", "--tensor-parallel", args.tensor_parallel)):
+        value = _number(raw, flag, problems)
+        if value is not None:
+            engine[key] = value
+    try:
+        return ServingRequest.from_json(args.request_json).sizing_request(**engine)
+    except InputError as exc:
+        problems.extend(Problem(f"--request-json: {p.path}" if not p.path.startswith("--") else p.path, p.reason)
+                        for p in exc.problems)
+        return None
+
+
 def _request_from_args(args: argparse.Namespace, problems: list[Problem]):
     from gpuinfra.architecture import load_hf_config
     from gpuinfra.catalog import find_model
     from gpuinfra.sizing import ModelSpec, build_request
 
+    if args.request_json is not None:
+        return _request_from_json(args, problems)
     model = None
     if args.model_config:
         try:
@@ -141,12 +176,9 @@ def _request_from_args(args: argparse.Namespace, problems: list[Problem]):
             problems.extend(exc.problems)
     else:
         problems.append(Problem("MODEL", "give a catalog model or --model-config PATH"))
-    fields: dict[str, Any] = {
-        "precision": args.precision,
-        "kv_cache_dtype": args.kv_cache_dtype,
-        "attention_parallel": args.attention_parallel,
-        "allow_fp8_weight_only": args.allow_fp8_weight_only,
-    }
+    fields: dict[str, Any] = {"precision": args.precision, "allow_fp8_weight_only": args.allow_fp8_weight_only}
+    fields |= {key: value for key, value in (("kv_cache_dtype", args.kv_cache_dtype),
+                                             ("attention_parallel", args.attention_parallel)) if value is not None}
     for key, flag, raw, kind in (
         ("context_tokens", "--context", args.context, int),
         ("concurrency", "--concurrency", args.concurrency, int),

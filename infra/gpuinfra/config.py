@@ -30,16 +30,11 @@ from gpuinfra.documents import kind_of, load_yaml, parse_yaml
 from gpuinfra.errors import InfeasibleError, InputError, Problem, problems_from_validation_error
 from gpuinfra.kubernetes.target import Ec2Target, Target, target_problems
 from gpuinfra.performance import DEFAULT_STREAM_TOKENS_PER_S, SlaTarget, default_workload, sla_reasons, steady_state
+from gpuinfra.request import ServingRequest
 from gpuinfra.sizing import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
-    AttentionParallel,
     Evaluation,
     Hardware,
-    KvCacheDtype,
-    ModelSpec,
-    Precision,
     SizingRequest,
-    build_request,
     evaluate,
 )
 
@@ -201,16 +196,9 @@ class Sla(StrictModel):
                          floor_is_default="min_stream_tokens_per_s" not in self.model_fields_set)
 
 
-class ClusterConfig(StrictModel):
-    """`gpuinfra:cluster`: what to serve, where, on what capacity."""
+class ClusterConfig(ServingRequest):
+    """`gpuinfra:cluster`: what to serve (the serving request's fields, flat), where, on what capacity."""
 
-    model: str = Field(description="Catalog model slug or HF repo id (e.g. deepseek-r1-distill-llama-70b)")
-    precision: Precision | None = Field(None, description="Weight precision; default: the model's native one")
-    kv_cache_dtype: KvCacheDtype = "auto"
-    context_tokens: int = Field(32768, gt=0, description="max_model_len per sequence")
-    concurrency: int = Field(1, gt=0, description="Concurrent sequences at full context the cluster must hold")
-    attention_parallel: AttentionParallel = "tp"
-    gpu_memory_utilization: float = Field(DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     instance_types: list[str] | None = Field(
         None, min_length=1, description="Launchable types, in priority order; default: every type that fits"
     )
@@ -232,6 +220,10 @@ class ClusterConfig(StrictModel):
     tags: dict[str, str] = Field(default_factory=dict)
     target: Target = Field(default_factory=Ec2Target, description="Where to serve: ec2 (default), eks or an "
                                                                   "existing cluster (kubernetes)")
+
+    def serving_request(self) -> ServingRequest:
+        """The request alone, without where and on what it is served."""
+        return ServingRequest(**{name: getattr(self, name) for name in ServingRequest.model_fields})
 
     @field_validator("tags")
     @classmethod
@@ -407,23 +399,11 @@ def parse_cluster(raw: Any, *, prefix: str = "cluster") -> ClusterConfig:
         raise InputError(problems_from_validation_error(exc, prefix)) from None
 
 
-def sizing_request(config: ClusterConfig) -> SizingRequest:
-    return build_request(
-        model=ModelSpec.from_catalog(find_model(config.model)),
-        precision=config.precision,
-        kv_cache_dtype=config.kv_cache_dtype,
-        context_tokens=config.context_tokens,
-        concurrency=config.concurrency,
-        attention_parallel=config.attention_parallel,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-    )
-
-
 def resolve(stack: str, config: ClusterConfig) -> ResolvedCluster:
     """Size the request on every launchable type. A type that cannot serve it, or a pool over the budget, is
     an InfeasibleError with its reasons; a multi-node span the config does not allow is an InputError."""
     try:
-        request = sizing_request(config)
+        request = config.serving_request().sizing_request()
     except InputError as exc:
         raise InputError(Problem(f"cluster.{p.path}", p.reason) for p in exc.problems) from None
     spans = [config.nodes_per_copy] if config.nodes_per_copy else [

@@ -10,6 +10,7 @@ from gpuinfra.boot import DEFAULT_MOUNT
 from gpuinfra.catalog import InstanceType, find_gpu
 from gpuinfra.config import ResolvedCluster
 from gpuinfra.efa import efa_interfaces
+from gpuinfra.request import ServingRequest
 from gpuinfra.sizing import Evaluation, Precision, SizingRequest
 
 # vLLM's --quantization for weights stored in another precision than the checkpoint's.
@@ -35,19 +36,6 @@ def expected_hardware(instance: InstanceType) -> dict[str, Any]:
         "nvme_count": instance.nvme.count,
         "nvme_gb_each": instance.nvme.gb_each,
         "efa_devices": sum(1 for spec in efa_interfaces(instance) if spec.interface_type != "interface"),
-    }
-
-
-def serving_request(request: SizingRequest) -> dict[str, Any]:
-    """The request itself, so a host can be re-sized against the hardware it really has."""
-    return {
-        "model": request.model.name,
-        "precision": request.effective_precision.value,
-        "kv_cache_dtype": request.kv_cache_dtype,
-        "context_tokens": request.context_tokens,
-        "concurrency": request.concurrency,
-        "gpu_memory_utilization": request.gpu_memory_utilization,
-        "attention_parallel": request.attention_parallel,
     }
 
 
@@ -117,7 +105,7 @@ def stack_contract(cluster: ResolvedCluster) -> dict[str, Any]:
         "copies": cluster.copies,
         "capacity": config.capacity.type,
         "instance_types": [i.name for i in cluster.instance_types],
-        "request": serving_request(cluster.request),
+        "request": ServingRequest.of(cluster.request).to_dict(),
         "weights": {"source": config.weights.source, "revision": config.weights.revision,
                     "local_dir": f"{DEFAULT_MOUNT}/models"},
         "node_plans": node_plans(cluster),

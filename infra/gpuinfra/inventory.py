@@ -27,6 +27,7 @@ from gpuinfra.config import RegionName, Sla, StackName
 from gpuinfra.contract import NODE_GROUP
 from gpuinfra.documents import load_json_object
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
+from gpuinfra.request import ServingRequest
 
 HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -35,19 +36,6 @@ class _Contract(BaseModel):
     """Strict types: outputs are JSON written by the program, so "2" for a count is a sign of a wrong file."""
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True)
-
-
-class RequestOutput(_Contract):
-    """The serving request as the stack outputs carry it (contract.serving_request)."""
-
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True, extra="forbid")
-    model: str
-    precision: str
-    kv_cache_dtype: str
-    context_tokens: int = Field(gt=0)
-    concurrency: int = Field(gt=0)
-    gpu_memory_utilization: float = Field(gt=0, le=1)
-    attention_parallel: str
 
 
 class WeightsOutput(_Contract):
@@ -75,7 +63,7 @@ class StackOutputs(_Contract):
     nodes_per_copy: int = Field(1, ge=1, le=64)
     capacity: str | None = None
     instance_types: list[str] = Field(min_length=1)
-    request: RequestOutput
+    request: ServingRequest
     weights: WeightsOutput
     node_plans: dict[str, NodePlanOutput]
     sla: Sla | None = None
@@ -124,7 +112,7 @@ def group_vars(outputs: StackOutputs) -> dict[str, Any]:
         "gpuinfra_nodes": outputs.nodes,
         "gpuinfra_capacity": outputs.capacity,
         "gpuinfra_instance_types": outputs.instance_types,
-        "gpuinfra_request": outputs.request.model_dump(mode="json"),
+        "gpuinfra_request": outputs.request.to_dict(),
         "gpuinfra_weights": outputs.weights.model_dump(mode="json"),
         "gpuinfra_node_plans": {name: plan.model_dump(mode="json") for name, plan in outputs.node_plans.items()},
         "gpuinfra_auto_scaling_group": outputs.auto_scaling_group_name,

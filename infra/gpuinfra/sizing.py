@@ -33,6 +33,7 @@ GIB = 1024**3
 
 # vLLM defaults and measured overheads (S8, S10, S10b; catalog-facts.yaml meta.vllm_defaults).
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+DEFAULT_CONTEXT_TOKENS = 32768  # max_model_len when a request names none
 LARGE_GPU_BATCHED_TOKENS = 8192  # vLLM's max_num_batched_tokens on GPUs of 70 GiB or more, except A100 (S34)
 KV_BLOCK_TOKENS = 16  # vLLM's default block size (S8)
 # vLLM's default token budget per step for the API server: 8192 on GPUs with >= 70 GiB that are not A100
@@ -107,7 +108,8 @@ class SizingRequest(BaseModel):
     model: ModelSpec
     precision: Precision | None = Field(None, description="Weight precision; default: the model's native one")
     kv_cache_dtype: KvCacheDtype = Field("auto", description="auto = 16-bit KV cache; fp8 halves it")
-    context_tokens: int = Field(32768, gt=0, description="max_model_len: prompt + output tokens per sequence")
+    context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, gt=0,
+                                description="max_model_len: prompt + output tokens per sequence")
     concurrency: int = Field(1, gt=0, description="Sequences served at once, each at full context")
     gpu_memory_utilization: float = Field(DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     attention_parallel: AttentionParallel = Field(
@@ -674,19 +676,6 @@ class PlanResult(BaseModel):
     rejected: list[Rejection]
 
 
-def request_summary(request: SizingRequest, **extra) -> dict:
-    return {
-        "model": request.model.name,
-        "precision": request.effective_precision.value,
-        "kv_cache_dtype": request.kv_cache_dtype,
-        "context_tokens": request.context_tokens,
-        "concurrency": request.concurrency,
-        "gpu_memory_utilization": request.gpu_memory_utilization,
-        "attention_parallel": request.attention_parallel,
-        **extra,
-    }
-
-
 def plan(request: SizingRequest, max_nodes: int = 4, instance_types: list[InstanceType] | None = None) -> PlanResult:
     """Every catalog instance type at 1..max_nodes nodes: the smallest node count that serves the request
     per type, cheapest first, and why the rest do not. Multi-node only where the type has EFA."""
@@ -709,4 +698,7 @@ def plan(request: SizingRequest, max_nodes: int = 4, instance_types: list[Instan
             if not more_nodes_help:
                 break
     options.sort(key=lambda e: (e.cost_per_hour_usd is None, e.cost_per_hour_usd or 0.0, e.instance_type))
-    return PlanResult(request=request_summary(request, max_nodes=max_nodes), options=options, rejected=rejected)
+    from gpuinfra.request import ServingRequest  # it builds on this module
+
+    summary = {**ServingRequest.of(request).to_dict(), "max_nodes": max_nodes}
+    return PlanResult(request=summary, options=options, rejected=rejected)

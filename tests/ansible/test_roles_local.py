@@ -91,3 +91,25 @@ def test_acceptance_rejects_a_node_whose_measurements_cannot_run(tmp_path):
     assert "node rejected: measurements: exited 1 with no output" in joined
     written = json.loads((tmp_path / "reports" / "node1.json").read_text())
     assert written["report"]["passed"] is False
+
+
+def test_preflight_hands_the_request_to_the_engine_whole(tmp_path):
+    """The preflight runs `gpuinfra size --request-json` with the inventory's request as it is: a stand-in
+    CLI (named as one: it records its arguments, then runs the real gpuinfra) shows attention_parallel and
+    every other field arrive unchanged."""
+    request = {"model": "deepseek-r1", "precision": "fp8", "kv_cache_dtype": "fp8", "context_tokens": 16384,
+               "concurrency": 2, "attention_parallel": "dp", "gpu_memory_utilization": 0.85}
+    record = tmp_path / "argv.json"
+    recorder = tmp_path / "gpuinfra-recording"
+    recorder.write_text(f"#!{sys.executable}\n# stand-in: records its argv, then runs the real gpuinfra\n"
+                        "import json, sys\n"
+                        f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+                        "from gpuinfra.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    recorder.chmod(0o755)
+    result = playbook(tmp_path, {"gpuinfra_request": request, "gpuinfra_expected_hardware": EXPECTED_H100,
+                                 "preflight_gpuinfra_cli": str(recorder)}, stand_in_gpu=True)
+    argv = json.loads(record.read_text())
+    assert argv[:2] == ["size", "--request-json"], argv
+    assert json.loads(argv[2]) == request
+    assert result.returncode == 2  # R1 on one H100 is refused, by the engine, for the request as given
+    assert "cannot serve deepseek-r1" in " ".join(result.stdout.split())

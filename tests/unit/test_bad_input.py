@@ -222,7 +222,7 @@ def r1_outputs() -> dict:
     ({"nodes": 3}, ["nodes 3 is not a whole number of copies of 2"]),
     ({"region": "us-east-1'}}{{ lookup('pipe','id') }}"}, ["--outputs.region:", "is not an AWS region"]),
     ({"stack": "prod-r1; rm -rf /"}, ["--outputs.stack:", "is not a stack name"]),
-    ({"request": {"model": "x"}}, ["--outputs.request.precision: Field required"]),
+    ({"request": {"model": "x", "concurrency": "many"}}, ["--outputs.request.concurrency: Input should be a valid"]),
     ({"node_plans": {}}, ["node_plans has no plan for p5.48xlarge"]),
     ({"sla": {"ttft_p99_s": "fast"}}, ["--outputs.sla.ttft_p99_s"]),
 ])

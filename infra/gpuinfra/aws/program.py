@@ -17,6 +17,7 @@ from gpuinfra.contract import stack_contract
 from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, drain_time, lifecycle_tags
 from gpuinfra.errors import InputError
 from gpuinfra.kubernetes.target import Ec2Target
+from gpuinfra.request import TAG_PREFIX, ServingRequest
 
 MAX_NODE_ZONES = 3
 
@@ -27,17 +28,10 @@ def stack_tags(cluster: ResolvedCluster) -> dict[str, str]:
 
 def serving_tags(cluster: ResolvedCluster) -> dict[str, str]:
     """The serving request, on every resource that launches GPUs, for the policy pack to size against."""
-    request = cluster.request
     return {
-        "gpuinfra:model": cluster.config.model,
-        "gpuinfra:precision": request.effective_precision.value,
-        "gpuinfra:kv-cache-dtype": request.kv_cache_dtype,
-        "gpuinfra:context-tokens": str(request.context_tokens),
-        "gpuinfra:concurrency": str(request.concurrency),
-        "gpuinfra:gpu-memory-utilization": str(request.gpu_memory_utilization),
-        "gpuinfra:attention-parallel": request.attention_parallel,
-        "gpuinfra:nodes": str(cluster.config.nodes),
-        "gpuinfra:nodes-per-copy": str(cluster.nodes_per_copy),
+        **ServingRequest.of(cluster.request).to_labels(TAG_PREFIX),
+        f"{TAG_PREFIX}nodes": str(cluster.config.nodes),
+        f"{TAG_PREFIX}nodes-per-copy": str(cluster.nodes_per_copy),
     }
 
 

@@ -18,8 +18,9 @@ from gpuinfra.kubernetes.serving_plan import (
     PodPlan,
     replica_bounds,
 )
+from gpuinfra.request import ANNOTATION_PREFIX, ServingRequest
 
-ANNOTATION = "gpuinfra.io"
+ANNOTATION = ANNOTATION_PREFIX.rstrip("/")
 RDMA_ANNOTATION = f"{ANNOTATION}/rdma"
 ROLE_LABEL = f"{ANNOTATION}/role"
 JOB_LABEL = f"{ANNOTATION}/job"  # the ServiceMonitors' jobLabel: `job` is "inference", as in the Ansible scrape
@@ -80,15 +81,8 @@ def app_labels(cluster: ResolvedCluster) -> dict[str, str]:
 
 def request_annotations(cluster: ResolvedCluster, pods: PodPlan) -> dict[str, str]:
     """The serving request, the plan's shape and the RDMA flag, for the policy pack (as the EC2 tags are)."""
-    request = cluster.request
     return {
-        f"{ANNOTATION}/model": cluster.config.model,
-        f"{ANNOTATION}/precision": request.effective_precision.value,
-        f"{ANNOTATION}/kv-cache-dtype": request.kv_cache_dtype,
-        f"{ANNOTATION}/context-tokens": str(request.context_tokens),
-        f"{ANNOTATION}/concurrency": str(request.concurrency),
-        f"{ANNOTATION}/gpu-memory-utilization": str(request.gpu_memory_utilization),
-        f"{ANNOTATION}/attention-parallel": request.attention_parallel,
+        **ServingRequest.of(cluster.request).to_labels(ANNOTATION_PREFIX),
         f"{ANNOTATION}/nodes-per-copy": str(pods.group_size),
         f"{ANNOTATION}/autoscaling-metric": cluster.config.target.autoscaling.metric,
         RDMA_ANNOTATION: "true" if pods.rdma else "false",

@@ -8,7 +8,8 @@ from typing import Any
 
 from gpuinfra.catalog import InstanceType, load_catalog
 from gpuinfra.errors import InputError
-from gpuinfra.sizing import ModelSpec, SizingRequest, build_request
+from gpuinfra.request import TAG_PREFIX, ServingRequest
+from gpuinfra.sizing import SizingRequest
 from pulumi_policy import PolicyConfigSchema
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -26,7 +27,6 @@ PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 # rules (a type left out here would be a way around them).
 GPU_LAUNCHERS = (LAUNCH_TEMPLATE, AUTO_SCALING_GROUP, INSTANCE, FLEET, SPOT_FLEET)
 
-TAG_MODEL = "gpuinfra:model"
 
 
 def schema(**properties: dict[str, Any]) -> PolicyConfigSchema:
@@ -80,27 +80,13 @@ def nodes_per_copy(tags: Mapping[str, str]) -> int:
         return 1
 
 
-def serving_request(tags: Mapping[str, str]) -> tuple[SizingRequest | None, str | None]:
+def request_from_tags(tags: Mapping[str, str]) -> tuple[SizingRequest | None, str | None]:
     """The request carried in `gpuinfra:*` tags, or why it cannot be read. (None, None): no request here."""
-    from gpuinfra.catalog import find_model
-
-    if TAG_MODEL not in tags:
-        return None, None
-    fields: dict[str, Any] = {}
     try:
-        fields["model"] = ModelSpec.from_catalog(find_model(tags[TAG_MODEL]))
-        for tag, key, kind in (("gpuinfra:precision", "precision", str), ("gpuinfra:kv-cache-dtype",
-                               "kv_cache_dtype", str), ("gpuinfra:context-tokens", "context_tokens", int),
-                               ("gpuinfra:concurrency", "concurrency", int),
-                               ("gpuinfra:gpu-memory-utilization", "gpu_memory_utilization", float),
-                               ("gpuinfra:attention-parallel", "attention_parallel", str)):
-            if tag in tags:
-                fields[key] = kind(tags[tag])
-        return build_request(**fields), None
+        request = ServingRequest.from_labels(dict(tags), TAG_PREFIX)
+        return (request.sizing_request() if request else None), None
     except InputError as exc:
         return None, "; ".join(str(p) for p in exc.problems)
-    except ValueError as exc:
-        return None, f"unreadable gpuinfra tag: {exc}"
 
 
 def walk_strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:

@@ -20,8 +20,8 @@ from gpu_guardrails.common import (
     config_of,
     group_launch_template_ids,
     launchable_types,
+    request_from_tags,
     schema,
-    serving_request,
     tags_of,
 )
 from gpu_guardrails.sizing import sized
@@ -40,7 +40,7 @@ def validate_host_minimums(args: ResourceValidationArgs, report_violation: Repor
     if args.resource_type not in GPU_LAUNCHERS:
         return
     config = config_of(args, HOST_MINIMUMS_SCHEMA)
-    request, _ = serving_request(tags_of(args.props))
+    request, _ = request_from_tags(tags_of(args.props))
     for name, evaluation in sized(args):
         if evaluation is None:
             continue  # gpu-sizing reports types outside the catalog

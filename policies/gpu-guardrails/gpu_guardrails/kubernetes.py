@@ -23,7 +23,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from gpu_guardrails.common import catalog_type, serving_request
+from gpu_guardrails.common import catalog_type, request_from_tags
 
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -101,7 +101,7 @@ def validate_gpu_limits(args: ResourceValidationArgs, report_violation: ReportVi
     for where, template in pod_templates(args.resource_type, args.props):
         gpus = pod_amount(template, GPU)
         tags = request_tags(template)
-        request, unreadable = serving_request(tags)
+        request, unreadable = request_from_tags(tags)
         if unreadable:
             report_violation(f"{where}: the serving request in the gpuinfra.io/* annotations cannot be read: "
                              f"{unreadable}", args.urn)

@@ -11,8 +11,8 @@ from gpu_guardrails.common import (
     config_of,
     launchable_types,
     nodes_per_copy,
+    request_from_tags,
     schema,
-    serving_request,
     tags_of,
 )
 
@@ -36,7 +36,7 @@ def cheapest_fits(request: SizingRequest, max_nodes: int, count: int) -> tuple[s
 def sized(args: ResourceValidationArgs) -> list[tuple[str, Evaluation | None]]:
     """(instance type, evaluation) for every launchable type; evaluation None when it is not in the catalog."""
     tags = tags_of(args.props)
-    request, _ = serving_request(tags)
+    request, _ = request_from_tags(tags)
     if request is None:
         return []
     span = nodes_per_copy(tags)
@@ -56,7 +56,7 @@ def validate_gpu_sizing(args: ResourceValidationArgs, report_violation: ReportVi
         return
     config = config_of(args, GPU_SIZING_SCHEMA)
     tags = tags_of(args.props)
-    request, unreadable = serving_request(tags)
+    request, unreadable = request_from_tags(tags)
     if unreadable:
         report_violation(f"the serving request in the gpuinfra:* tags cannot be read: {unreadable}", args.urn)
         return
