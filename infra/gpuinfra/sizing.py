@@ -16,7 +16,7 @@ below names its source.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import lru_cache
 from typing import Literal
@@ -417,219 +417,266 @@ class _StageMemory:
     blocks: int  # KV blocks per GPU
 
 
-def _evaluate_layout(request: SizingRequest, hardware: Hardware, layout: Layout) -> Evaluation:
-    arch = request.model.architecture
-    gpu = hardware.gpu
-    precision = request.effective_precision
-    reasons: list[str] = []
-    codes: list[str] = []
+@dataclass
+class _Findings:
+    """What the stages of one evaluation found: failures (each with its reason code) and notes."""
 
-    def fail(code: str, reason: str) -> None:
-        codes.append(code)
-        reasons.append(reason)
+    reasons: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    notes: list[str] = []
-    batched = _max_batched_tokens(request, gpu)
-    usable = _usable_gib(request, gpu) * GIB
+    def fail(self, code: str, reason: str) -> None:
+        self.codes.append(code)
+        self.reasons.append(reason)
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """One rank's memory on this layout: usable bytes, overhead, each pipeline stage's weights and KV, and the
+    sequences that fit."""
+
+    batched_tokens: int
+    usable: float  # bytes
+    overhead: float  # bytes
+    stages: list[range]
+    memory: list[_StageMemory]
+    groups: int  # KV-holding groups: replicas x DP ranks
+
+    @property
+    def binding(self) -> _StageMemory:  # the stage with the fewest KV blocks sets the capacity
+        return min(self.memory, key=lambda m: (m.blocks, m.kv_free))
+
+    @property
+    def heaviest(self) -> _StageMemory:
+        return max(self.memory, key=lambda m: m.weights)
+
+    def sequences_per_group(self, context_tokens: int) -> int:
+        return self.binding.blocks // math.ceil(context_tokens / KV_BLOCK_TOKENS)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.binding.blocks * KV_BLOCK_TOKENS * self.groups
+
+
+def gpu_budget(request: SizingRequest, hardware: Hardware, layout: Layout) -> GpuBudget:
+    """vLLM's per-rank budget for LAYOUT: usable - weights - overhead per stage, in KV blocks. In tp mode
+    every rank of a replica holds (its layers of) every sequence; in dp mode each rank holds its own."""
+    arch, precision = request.model.architecture, request.effective_precision
+    batched = _max_batched_tokens(request, hardware.gpu)
+    usable = _usable_gib(request, hardware.gpu) * GIB
     overhead = _overhead_gib(arch, layout, batched) * GIB
-
-    if precision == Precision.FP8 and not gpu.fp8_tensor_cores:
-        if request.allow_fp8_weight_only:
-            notes.append(
-                f"{gpu.name} has no FP8 tensor cores: FP8 weights run weight-only (dequantised to BF16, "
-                "vLLM Marlin W8A16), so compute is BF16-speed"
-            )
-        else:
-            fail(
-                "fp8-hardware",
-                f"{gpu.name} (compute capability {gpu.compute_capability}) has no FP8 tensor cores; FP8 compute "
-                "needs Hopper, Ada or Blackwell. Use --precision bf16/int8/int4-awq, or allow weight-only FP8"
-            )
-
     stages = pipeline_stages(arch.layers, layout.pipeline_parallel)
-    memory: list[_StageMemory] = []
-    ctx_blocks = math.ceil(request.context_tokens / KV_BLOCK_TOKENS)
+    memory = []
     for index, stage in enumerate(stages):
         weights = _stage_bytes(arch, layout, precision, stage, first=index == 0, last=index == len(stages) - 1)
         kv_per_token = len(stage) * arch.kv_bytes_per_token_per_layer(layout.tensor_parallel, request.kv_bytes)
         kv_free = usable - weights - overhead
         blocks = max(0, int(kv_free // (kv_per_token * KV_BLOCK_TOKENS))) if kv_per_token else 0
         memory.append(_StageMemory(weights, kv_per_token, kv_free, blocks))
-    binding = min(memory, key=lambda m: (m.blocks, m.kv_free))
-    heaviest = max(memory, key=lambda m: m.weights)
+    return GpuBudget(batched, usable, overhead, stages, memory, layout.replicas * layout.data_parallel)
 
-    # tokens and sequences: in tp mode every rank of a replica holds (its layers of) every sequence;
-    # in dp mode each rank holds its own sequences.
-    seqs_per_group = binding.blocks // ctx_blocks
-    groups = layout.replicas * layout.data_parallel
-    max_concurrency = seqs_per_group * groups
-    max_tokens = binding.blocks * KV_BLOCK_TOKENS * groups
 
-    if heaviest.weights + overhead > usable:
-        fail(
-            "gpu-memory",
-            f"weights need {heaviest.weights / GIB:.1f} GiB per GPU plus {overhead / GIB:.1f} GiB overhead, but only "
-            f"{usable / GIB:.1f} GiB is usable ({total_gib(gpu):g} GiB x {request.gpu_memory_utilization:g})"
-        )
+def _check_fp8(request: SizingRequest, gpu: Gpu, findings: _Findings) -> None:
+    if request.effective_precision != Precision.FP8 or gpu.fp8_tensor_cores:
+        return
+    if request.allow_fp8_weight_only:
+        findings.notes.append(f"{gpu.name} has no FP8 tensor cores: FP8 weights run weight-only (dequantised to "
+                              "BF16, vLLM Marlin W8A16), so compute is BF16-speed")
+    else:
+        findings.fail("fp8-hardware", f"{gpu.name} (compute capability {gpu.compute_capability}) has no FP8 tensor "
+                                      "cores; FP8 compute needs Hopper, Ada or Blackwell. Use --precision "
+                                      "bf16/int8/int4-awq, or allow weight-only FP8")
+
+
+def _check_gpu_memory(request: SizingRequest, gpu: Gpu, budget: GpuBudget, findings: _Findings) -> None:
+    binding, heaviest = budget.binding, budget.heaviest
+    max_concurrency = budget.sequences_per_group(request.context_tokens) * budget.groups
+    if heaviest.weights + budget.overhead > budget.usable:
+        findings.fail("gpu-memory", f"weights need {heaviest.weights / GIB:.1f} GiB per GPU plus "
+                                    f"{budget.overhead / GIB:.1f} GiB overhead, but only {budget.usable / GIB:.1f} GiB "
+                                    f"is usable ({total_gib(gpu):g} GiB x {request.gpu_memory_utilization:g})")
     elif max_concurrency < request.concurrency:
-        need = request.concurrency / groups * ctx_blocks * KV_BLOCK_TOKENS * binding.kv_per_token
-        fail(
-            "kv-capacity",
-            f"KV cache holds {max_concurrency} sequence(s) of {request.context_tokens} tokens, "
-            f"{request.concurrency} requested: needs {need / GIB:.1f} GiB of KV per GPU, "
-            f"{max(0.0, binding.kv_free) / GIB:.1f} GiB free after weights and overhead"
-        )
+        context_bytes = math.ceil(request.context_tokens / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS * binding.kv_per_token
+        need = request.concurrency / budget.groups * context_bytes
+        findings.fail("kv-capacity", f"KV cache holds {max_concurrency} sequence(s) of {request.context_tokens} "
+                                     f"tokens, {request.concurrency} requested: needs {need / GIB:.1f} GiB of KV per "
+                                     f"GPU, {max(0.0, binding.kv_free) / GIB:.1f} GiB free after weights and overhead")
 
-    # Host side.
+
+@dataclass(frozen=True)
+class HostNeeds:
+    """What one node's host must offer besides its GPUs."""
+
+    ram_gib: float
+    node_weight_gib: float
+    nvme_gib: float
+    vcpus: int
+    rdma: bool
+
+
+def host_needs(request: SizingRequest, hardware: Hardware) -> HostNeeds:
+    """The page cache must hold this node's share of the checkpoint once, however many ranks read it."""
+    precision = request.effective_precision
+    node_weight_gib = model_weight_bytes(request.model.architecture, precision) / hardware.nodes / GIB
+    ram = HOST_RAM_BASE_GIB + HOST_RAM_PER_GPU_GIB * hardware.gpus_per_node + node_weight_gib
+    if hardware.gpu.unified_memory:
+        ram = HOST_RAM_BASE_GIB  # weights load straight into the shared pool
+    return HostNeeds(ram_gib=ram, node_weight_gib=node_weight_gib,
+                     nvme_gib=download_gb(request.model, precision) * 1e9 * NVME_SCRATCH_FACTOR / GIB,
+                     vcpus=VCPUS_BASE + VCPUS_PER_GPU * hardware.gpus_per_node, rdma=hardware.nodes > 1)
+
+
+def _check_host(hardware: Hardware, needs: HostNeeds, findings: _Findings) -> None:
     instance = hardware.instance_type
-    # The page cache must hold this node's share of the checkpoint once, however many ranks read it.
-    node_weight_gib = model_weight_bytes(arch, precision) / hardware.nodes / GIB
-    host_ram = HOST_RAM_BASE_GIB + HOST_RAM_PER_GPU_GIB * hardware.gpus_per_node + node_weight_gib
-    if gpu.unified_memory:
-        host_ram = HOST_RAM_BASE_GIB  # weights load straight into the shared pool
-    nvme_gib = download_gb(request.model, precision) * 1e9 * NVME_SCRATCH_FACTOR / GIB
-    vcpus_required = VCPUS_BASE + VCPUS_PER_GPU * hardware.gpus_per_node
-    needs_rdma = hardware.nodes > 1
-    if instance is not None:
-        if instance.ram_gib < host_ram:
-            fail(
-                "host-ram",
-                f"host RAM {instance.ram_gib:g} GiB < {host_ram:.0f} GiB needed to load this node's "
-                f"{node_weight_gib:.0f} GiB of weights and run {hardware.gpus_per_node} GPU worker(s)"
-            )
-        nvme_available = instance.nvme.total_gb * 1e9 / GIB
-        if nvme_available < nvme_gib:
-            fail(
-                "nvme",
-                f"instance-store NVMe {nvme_available:.0f} GiB < {nvme_gib:.0f} GiB for the checkpoint "
-                f"(+{(NVME_SCRATCH_FACTOR - 1) * 100:.0f} % scratch)"
-            )
-        if instance.vcpus < vcpus_required:
-            fail("vcpus", f"{instance.vcpus} vCPUs < {vcpus_required} needed")
-        if needs_rdma and not instance.efa.supported:
-            fail("rdma", f"{hardware.nodes} nodes need RDMA between them, and {instance.name} has no EFA")
-    elif needs_rdma:
-        notes.append("multi-node: needs an RDMA fabric (InfiniBand/RoCE, >= 100 Gbps) between the nodes")
-    if layout.expert_parallel > 1:
-        notes.append(f"MoE experts split {layout.expert_parallel} ways: serve with --enable-expert-parallel")
-    if arch.attention == "MLA" and request.attention_parallel == "tp" and layout.tensor_parallel > 1:
-        notes.append(
-            f"MLA latent KV cache is replicated on all {layout.tensor_parallel} TP ranks; "
-            "--attention-parallel dp partitions sequences instead"
-        )
-    if layout.tensor_parallel > 1 and not gpu.nvlink_gbs_bidir:
-        notes.append(
-            f"TP {layout.tensor_parallel} over PCIe ({gpu.name} has no NVLink): the all-reduces of every layer keep "
-            "real throughput well below the bandwidth bound"
-        )
-    if hardware.gpus_per_node % layout.tensor_parallel:
-        notes.append(f"{hardware.gpus_per_node % layout.tensor_parallel} GPU(s) per node left idle by TP")
+    if instance is None:
+        if needs.rdma:
+            findings.notes.append("multi-node: needs an RDMA fabric (InfiniBand/RoCE, >= 100 Gbps) between the nodes")
+        return
+    if instance.ram_gib < needs.ram_gib:
+        findings.fail("host-ram", f"host RAM {instance.ram_gib:g} GiB < {needs.ram_gib:.0f} GiB needed to load this "
+                                  f"node's {needs.node_weight_gib:.0f} GiB of weights and run "
+                                  f"{hardware.gpus_per_node} GPU worker(s)")
+    nvme_available = instance.nvme.total_gb * 1e9 / GIB
+    if nvme_available < needs.nvme_gib:
+        findings.fail("nvme", f"instance-store NVMe {nvme_available:.0f} GiB < {needs.nvme_gib:.0f} GiB for the "
+                              f"checkpoint (+{(NVME_SCRATCH_FACTOR - 1) * 100:.0f} % scratch)")
+    if instance.vcpus < needs.vcpus:
+        findings.fail("vcpus", f"{instance.vcpus} vCPUs < {needs.vcpus} needed")
+    if needs.rdma and not instance.efa.supported:
+        findings.fail("rdma", f"{hardware.nodes} nodes need RDMA between them, and {instance.name} has no EFA")
 
-    # Throughput bounds (100 % of memory bandwidth and of dense tensor throughput).
+
+def _layout_notes(request: SizingRequest, hardware: Hardware, layout: Layout, findings: _Findings) -> None:
+    arch, gpu = request.model.architecture, hardware.gpu
+    if layout.expert_parallel > 1:
+        findings.notes.append(f"MoE experts split {layout.expert_parallel} ways: serve with --enable-expert-parallel")
+    if arch.attention == "MLA" and request.attention_parallel == "tp" and layout.tensor_parallel > 1:
+        findings.notes.append(f"MLA latent KV cache is replicated on all {layout.tensor_parallel} TP ranks; "
+                              "--attention-parallel dp partitions sequences instead")
+    if layout.tensor_parallel > 1 and not gpu.nvlink_gbs_bidir:
+        findings.notes.append(f"TP {layout.tensor_parallel} over PCIe ({gpu.name} has no NVLink): the all-reduces "
+                              "of every layer keep real throughput well below the bandwidth bound")
+    if hardware.gpus_per_node % layout.tensor_parallel:
+        findings.notes.append(f"{hardware.gpus_per_node % layout.tensor_parallel} GPU(s) per node left idle by TP")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Decode throughput at 100 % of HBM bandwidth and of dense tensor throughput (ceilings, not forecasts)."""
+
+    single_stream: float
+    aggregate: float
+    fp8_compute: bool
+    mean_context: float
+
+
+def decode_bounds(request: SizingRequest, hardware: Hardware, layout: Layout, budget: GpuBudget) -> Bounds:
+    arch, precision, gpu = request.model.architecture, request.effective_precision, hardware.gpu
     mean_ctx = request.context_tokens / 2
     bandwidth = gpu.memory_bandwidth_gbs * 1e9
-    decode_s = 0.0
-    for index, stage in enumerate(stages):
-        w = _stage_bytes(arch, layout, precision, stage, first=index == 0, last=index == len(stages) - 1,
-                         active_only=True)
-        decode_s += (w + memory[index].kv_per_token * mean_ctx) / bandwidth
-    single_stream = 1 / decode_s
-
-    per_group = min(max(1, math.ceil(request.concurrency / groups)), max(1, seqs_per_group))
-    step_tokens = per_group * layout.data_parallel
-    step_s = 0.0
-    touched = _experts_touched(arch, step_tokens)
-    for index, stage in enumerate(stages):
-        w = _stage_bytes(arch, layout, precision, stage, first=index == 0, last=index == len(stages) - 1,
-                         active_only=True)
+    per_group = min(max(1, math.ceil(request.concurrency / budget.groups)),
+                    max(1, budget.sequences_per_group(request.context_tokens)))
+    touched = _experts_touched(arch, per_group * layout.data_parallel)
+    single_s = step_s = 0.0
+    for index, stage in enumerate(budget.stages):
+        weights = _stage_bytes(arch, layout, precision, stage, first=index == 0,
+                               last=index == len(budget.stages) - 1, active_only=True)
+        kv = budget.memory[index].kv_per_token * mean_ctx
+        single_s += (weights + kv) / bandwidth
         if arch.is_moe:  # batch > 1 reads more experts than one token does
             routed_active = _stage_params(arch, stage.start, stage.stop).active_routed
             share = 1 / layout.expert_parallel if layout.expert_parallel > 1 else 1 / layout.tensor_parallel
-            extra = routed_active * (touched / arch.experts_per_token - 1) * share
-            w += max(0.0, extra) * _linear_bytes(precision)
-        step_s += (w + memory[index].kv_per_token * mean_ctx * per_group) / bandwidth
-    bandwidth_bound = per_group * layout.data_parallel / step_s * layout.replicas
-    use_fp8 = precision == Precision.FP8 and gpu.fp8_tensor_cores and gpu.fp8_dense_tflops
-    flops = (gpu.fp8_dense_tflops if use_fp8 else gpu.bf16_dense_tflops) * 1e12
+            weights += max(0.0, routed_active * (touched / arch.experts_per_token - 1) * share) * _linear_bytes(
+                precision)
+        step_s += (weights + kv * per_group) / bandwidth
+    fp8 = bool(precision == Precision.FP8 and gpu.fp8_tensor_cores and gpu.fp8_dense_tflops)
+    flops = (gpu.fp8_dense_tflops if fp8 else gpu.bf16_dense_tflops) * 1e12
     compute_bound = flops * hardware.gpus_per_node * hardware.nodes / (2 * arch.active_params)
-    aggregate = min(bandwidth_bound, compute_bound)
+    bandwidth_bound = per_group * layout.data_parallel / step_s * layout.replicas
+    return Bounds(single_stream=1 / single_s, aggregate=min(bandwidth_bound, compute_bound), fp8_compute=fp8,
+                  mean_context=mean_ctx)
 
+
+def _cost(hardware: Hardware, bounds: Bounds, findings: _Findings) -> tuple[float | None, float | None]:
+    """$/h of the nodes on demand, and $ per million output tokens at the aggregate bound (a floor)."""
+    instance = hardware.instance_type
     price = instance.price.usd_per_hour if instance else None
-    cost = round(price * hardware.nodes, 4) if price else None
-    cost_per_million = round(cost / (aggregate * 3600) * 1e6, 4) if cost and aggregate > 0 else None
     if instance is not None and price is None:
-        notes.append(f"no on-demand price on record for {instance.name}: {instance.price.note or 'unknown'}")
+        findings.notes.append(f"no on-demand price on record for {instance.name}: {instance.price.note or 'unknown'}")
+    cost = round(price * hardware.nodes, 4) if price else None
+    per_million = round(cost / (bounds.aggregate * 3600) * 1e6, 4) if cost and bounds.aggregate > 0 else None
+    return cost, per_million
 
+
+def _assumptions(request: SizingRequest, hardware: Hardware, layout: Layout, budget: GpuBudget,
+                 bounds: Bounds, priced: bool) -> list[str]:
+    arch, gpu, instance = request.model.architecture, hardware.gpu, hardware.instance_type
     engine = load_catalog().software.inference_engines["vllm"]
     assumptions = [
         f"vLLM {engine.version} accounting: usable = {total_gib(gpu):g} GiB"
         f"{' (CUDA total, measured)' if gpu.cuda_total_gib else ' (driver figure; CUDA total not measured)'} x "
         f"{request.gpu_memory_utilization:g} gpu_memory_utilization; KV in {KV_BLOCK_TOKENS}-token blocks",
-        f"activation peak {activation_bytes_per_token(arch, layout) / 1024:,.0f} KiB x {batched} batched tokens "
-        + ("(measured on a DeepSeek-V3 layout at TP 1; charged whole at TP/EP > 1)" if arch.is_moe else
-           f"(8 B x MLP width per rank, {memory_model().source})"),
+        f"activation peak {activation_bytes_per_token(arch, layout) / 1024:,.0f} KiB x {budget.batched_tokens} "
+        "batched tokens " + ("(measured on a DeepSeek-V3 layout at TP 1; charged whole at TP/EP > 1)" if arch.is_moe
+                             else f"(8 B x MLP width per rank, {memory_model().source})"),
         f"every sequence at the full {request.context_tokens}-token context (worst case)",
-        f"decode bounds at 100 % of HBM bandwidth and dense {'FP8' if use_fp8 else 'BF16'} throughput, mean "
-        f"KV length {int(mean_ctx)} tokens; real servers reach ~60-85 % of the bandwidth bound",
+        f"decode bounds at 100 % of HBM bandwidth and dense {'FP8' if bounds.fp8_compute else 'BF16'} throughput, "
+        f"mean KV length {int(bounds.mean_context)} tokens; real servers reach ~60-85 % of the bandwidth bound",
     ]
-    if cost is not None:
-        assumptions.append(
-            f"price: on-demand {instance.price.region} {instance.price.date} (S13b); $/M tokens at the "
-            "aggregate bound, i.e. a floor"
-        )
+    if priced and instance is not None:
+        assumptions.append(f"price: on-demand {instance.price.region} {instance.price.date} (S13b); $/M tokens at "
+                           "the aggregate bound, i.e. a floor")
     if gpu.unified_memory:
-        assumptions.append(
-            f"unified memory: {UNIFIED_MEMORY_HOST_RESERVE_GIB:g} GiB of the shared pool kept for OS and CPU side"
-        )
+        assumptions.append(f"unified memory: {UNIFIED_MEMORY_HOST_RESERVE_GIB:g} GiB of the shared pool kept for OS "
+                           "and CPU side")
+    return assumptions
 
+
+def _evaluate_layout(request: SizingRequest, hardware: Hardware, layout: Layout) -> Evaluation:
+    """One layout through the stages: FP8 support, GPU memory, host, notes, throughput bounds, cost."""
+    findings = _Findings()
+    _check_fp8(request, hardware.gpu, findings)
+    budget = gpu_budget(request, hardware, layout)
+    _check_gpu_memory(request, hardware.gpu, budget, findings)
+    needs = host_needs(request, hardware)
+    _check_host(hardware, needs, findings)
+    _layout_notes(request, hardware, layout, findings)
+    bounds = decode_bounds(request, hardware, layout, budget)
+    cost, per_million = _cost(hardware, bounds, findings)
+    return _evaluation(request, hardware, layout, findings, budget, needs, bounds, cost, per_million)
+
+
+def _evaluation(request: SizingRequest, hardware: Hardware, layout: Layout, findings: _Findings,
+                budget: GpuBudget, needs: HostNeeds, bounds: Bounds, cost: float | None,
+                per_million: float | None) -> Evaluation:
+    instance, gpu = hardware.instance_type, hardware.gpu
     return Evaluation(
-        model=request.model.name,
-        precision=precision.value,
-        kv_cache_dtype=request.kv_cache_dtype,
-        context_tokens=request.context_tokens,
-        concurrency=request.concurrency,
-        instance_type=instance.name if instance else None,
-        gpu=gpu.name,
-        nodes=hardware.nodes,
-        gpus_per_node=hardware.gpus_per_node,
-        tensor_parallel=layout.tensor_parallel,
-        pipeline_parallel=layout.pipeline_parallel,
-        expert_parallel=layout.expert_parallel,
-        data_parallel=layout.data_parallel,
-        replicas=layout.replicas,
-        attention_parallel=request.attention_parallel,
-        feasible=not reasons,
-        reasons=reasons,
-        reason_codes=codes,
-        notes=notes,
-        weights_gib=round(model_weight_bytes(arch, precision) / GIB, 2),
-        kv_cache_bytes_per_token=int(binding.kv_per_token),
-        per_gpu=PerGpu(
-            total_gib=round(total_gib(gpu), 2),
-            usable_gib=round(usable / GIB, 2),
-            weights_gib=round(heaviest.weights / GIB, 2),
-            overhead_gib=round(overhead / GIB, 2),
-            kv_cache_gib=round(max(0.0, binding.kv_free) / GIB, 2),
-        ),
-        max_tokens_in_flight=max_tokens,
-        max_concurrency_at_context=max_concurrency,
-        gpu_memory_utilization=request.gpu_memory_utilization,
-        max_num_batched_tokens=batched,
-        host_ram_gib_required=round(host_ram, 1),
-        nvme_gib_required=round(nvme_gib, 1),
-        needs_rdma=needs_rdma,
-        host=HostRequirements(
-            vcpus_required=vcpus_required,
-            vcpus_available=instance.vcpus if instance else None,
-            ram_gib_available=instance.ram_gib if instance else None,
-            nvme_gb_available=instance.nvme.total_gb if instance else None,
-            efa_interfaces=instance.efa.max_interfaces if instance else None,
-        ),
-        decode_tokens_per_s_bound=round(single_stream, 1),
-        aggregate_decode_tokens_per_s_bound=round(aggregate, 1),
-        cost_per_hour_usd=cost,
-        cost_per_million_output_tokens_usd=cost_per_million,
-        assumptions=assumptions,
+        model=request.model.name, precision=request.effective_precision.value, kv_cache_dtype=request.kv_cache_dtype,
+        context_tokens=request.context_tokens, concurrency=request.concurrency,
+        instance_type=instance.name if instance else None, gpu=gpu.name, nodes=hardware.nodes,
+        gpus_per_node=hardware.gpus_per_node, tensor_parallel=layout.tensor_parallel,
+        pipeline_parallel=layout.pipeline_parallel, expert_parallel=layout.expert_parallel,
+        data_parallel=layout.data_parallel, replicas=layout.replicas, attention_parallel=request.attention_parallel,
+        feasible=not findings.reasons, reasons=findings.reasons, reason_codes=findings.codes, notes=findings.notes,
+        weights_gib=round(model_weight_bytes(request.model.architecture, request.effective_precision) / GIB, 2),
+        kv_cache_bytes_per_token=int(budget.binding.kv_per_token),
+        per_gpu=PerGpu(total_gib=round(total_gib(gpu), 2), usable_gib=round(budget.usable / GIB, 2),
+                       weights_gib=round(budget.heaviest.weights / GIB, 2),
+                       overhead_gib=round(budget.overhead / GIB, 2),
+                       kv_cache_gib=round(max(0.0, budget.binding.kv_free) / GIB, 2)),
+        max_tokens_in_flight=budget.max_tokens,
+        max_concurrency_at_context=budget.sequences_per_group(request.context_tokens) * budget.groups,
+        gpu_memory_utilization=request.gpu_memory_utilization, max_num_batched_tokens=budget.batched_tokens,
+        host_ram_gib_required=round(needs.ram_gib, 1), nvme_gib_required=round(needs.nvme_gib, 1),
+        needs_rdma=needs.rdma,
+        host=HostRequirements(vcpus_required=needs.vcpus, vcpus_available=instance.vcpus if instance else None,
+                              ram_gib_available=instance.ram_gib if instance else None,
+                              nvme_gb_available=instance.nvme.total_gb if instance else None,
+                              efa_interfaces=instance.efa.max_interfaces if instance else None),
+        decode_tokens_per_s_bound=round(bounds.single_stream, 1),
+        aggregate_decode_tokens_per_s_bound=round(bounds.aggregate, 1),
+        cost_per_hour_usd=cost, cost_per_million_output_tokens_usd=per_million,
+        assumptions=_assumptions(request, hardware, layout, budget, bounds, priced=cost is not None),
     )
 
 
