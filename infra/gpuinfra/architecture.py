@@ -315,90 +315,80 @@ def parse_hf_config(config: Any) -> ModelArchitecture:
     if not isinstance(config, dict):
         raise InputError([Problem("", f"config.json must hold a JSON object, got {type(config).__name__}")])
     problems: list[Problem] = []
+    family = _family(config, problems)
+    common = _common_fields(config, problems)
+    parse = _mla_moe if family == "mla-moe" else _dense_gqa
+    architecture = parse(config, common, problems)
+    if problems:
+        raise InputError(problems)
+    return architecture
+
+
+def _family(config: dict[str, Any], problems: list[Problem]) -> Family | None:
     model_type = config.get("model_type")
     family = MODEL_TYPE_FAMILIES.get(model_type) if isinstance(model_type, str) else None
     experts_problem = _expert_problem(config, family)
     if experts_problem:
         problems.append(experts_problem)
     if family is None:
-        problems.append(
-            Problem(
-                "model_type",
-                f"unsupported model_type {_shown(model_type)} (supported: {', '.join(sorted(MODEL_TYPE_FAMILIES))})",
-            )
-        )
-    hidden = _positive_int(config, "hidden_size", problems)
-    layers = _positive_int(config, "num_hidden_layers", problems)
-    heads = _positive_int(config, "num_attention_heads", problems)
-    vocab = _positive_int(config, "vocab_size", problems)
-    intermediate = _positive_int(config, "intermediate_size", problems)
-    max_pos = _positive_int(config, "max_position_embeddings", problems)
-    kv_heads = _positive_int(config, "num_key_value_heads", problems, default=config.get("num_attention_heads"))
-    native = _native_precision(config, problems)
-    common: dict[str, Any] = dict(
-        model_type=str(model_type),
-        native_precision=native,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        vocab=vocab,
-        intermediate=intermediate,
-        max_position_embeddings=max_pos,
+        problems.append(Problem("model_type", f"unsupported model_type {_shown(model_type)} (supported: "
+                                              f"{', '.join(sorted(MODEL_TYPE_FAMILIES))})"))
+    return family
+
+
+def _common_fields(config: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """The fields every family has, each checked (a failed one reads as 0 and is reported)."""
+    return dict(
+        model_type=str(config.get("model_type")),
+        native_precision=_native_precision(config, problems),
+        layers=_positive_int(config, "num_hidden_layers", problems),
+        hidden=_positive_int(config, "hidden_size", problems),
+        heads=_positive_int(config, "num_attention_heads", problems),
+        vocab=_positive_int(config, "vocab_size", problems),
+        intermediate=_positive_int(config, "intermediate_size", problems),
+        max_position_embeddings=_positive_int(config, "max_position_embeddings", problems),
         tie_word_embeddings=_boolean(config, "tie_word_embeddings", problems),
     )
-    if family == "mla-moe":
-        kv_lora = _positive_int(config, "kv_lora_rank", problems)
-        rope = _positive_int(config, "qk_rope_head_dim", problems)
-        nope = _positive_int(config, "qk_nope_head_dim", problems)
-        v_dim = _positive_int(config, "v_head_dim", problems)
-        q_lora = _optional_int(config, "q_lora_rank", problems, default=0, minimum=1) or None
-        experts = _positive_int(config, "n_routed_experts", problems)
-        per_token = _positive_int(config, "num_experts_per_tok", problems)
-        moe_inter = _positive_int(config, "moe_intermediate_size", problems)
-        shared = _optional_int(config, "n_shared_experts", problems, default=0, minimum=0)
-        first_dense = _optional_int(config, "first_k_dense_replace", problems, default=0, minimum=0)
-        freq = _optional_int(config, "moe_layer_freq", problems, default=1, minimum=1)
-        if experts and per_token and per_token > experts:
-            problems.append(
-                Problem("num_experts_per_tok", f"{per_token} exceeds n_routed_experts {experts}")
-            )
-        if problems:
-            raise InputError(problems)
-        return ModelArchitecture(
-            family="mla-moe",
-            kv_heads=1,
-            head_dim=nope + rope,
-            q_lora_rank=q_lora,
-            kv_lora_rank=kv_lora,
-            qk_rope_head_dim=rope,
-            qk_nope_head_dim=nope,
-            v_head_dim=v_dim,
-            n_routed_experts=experts,
-            n_shared_experts=int(shared),
-            experts_per_token=per_token,
-            moe_intermediate=moe_inter,
-            first_k_dense_replace=int(first_dense),
-            moe_layer_freq=int(freq),
-            **common,
-        )
+
+
+def _mla_moe(config: dict[str, Any], common: dict[str, Any], problems: list[Problem]) -> ModelArchitecture | None:
+    """DeepSeek-V2/V3/R1: multi-head latent attention and routed + shared experts."""
+    rope = _positive_int(config, "qk_rope_head_dim", problems)
+    nope = _positive_int(config, "qk_nope_head_dim", problems)
+    experts = _positive_int(config, "n_routed_experts", problems)
+    per_token = _positive_int(config, "num_experts_per_tok", problems)
+    if experts and per_token and per_token > experts:
+        problems.append(Problem("num_experts_per_tok", f"{per_token} exceeds n_routed_experts {experts}"))
+    fields = dict(
+        kv_heads=1, head_dim=nope + rope, qk_rope_head_dim=rope, qk_nope_head_dim=nope,
+        kv_lora_rank=_positive_int(config, "kv_lora_rank", problems),
+        v_head_dim=_positive_int(config, "v_head_dim", problems),
+        q_lora_rank=_optional_int(config, "q_lora_rank", problems, default=0, minimum=1) or None,
+        n_routed_experts=experts, experts_per_token=per_token,
+        moe_intermediate=_positive_int(config, "moe_intermediate_size", problems),
+        n_shared_experts=_optional_int(config, "n_shared_experts", problems, default=0, minimum=0),
+        first_k_dense_replace=_optional_int(config, "first_k_dense_replace", problems, default=0, minimum=0),
+        moe_layer_freq=_optional_int(config, "moe_layer_freq", problems, default=1, minimum=1),
+    )
+    return None if problems else ModelArchitecture(family="mla-moe", **fields, **common)
+
+
+def _dense_gqa(config: dict[str, Any], common: dict[str, Any], problems: list[Problem]) -> ModelArchitecture | None:
+    """Llama, Mistral, Qwen2, Qwen3: grouped-query attention and a dense MLP."""
+    hidden, heads = common["hidden"], common["heads"]
+    kv_heads = _positive_int(config, "num_key_value_heads", problems, default=config.get("num_attention_heads"))
     head_dim = (_optional_int(config, "head_dim", problems, default=0, minimum=1)
                 or (hidden // heads if hidden and heads else 0))
     if heads and kv_heads and heads % kv_heads:
-        problems.append(
-            Problem("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
-        )
+        problems.append(Problem("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}"))
     if "head_dim" not in config and hidden and heads and hidden % heads:
         problems.append(Problem("hidden_size", f"{hidden} is not a multiple of num_attention_heads {heads}"))
+    model_type = common["model_type"]
+    qkv_bias = model_type == "qwen2" or _boolean(config, "attention_bias", problems)
     if problems:
-        raise InputError(problems)
-    return ModelArchitecture(
-        family="dense-gqa",
-        kv_heads=kv_heads,
-        head_dim=int(head_dim),
-        qkv_bias=model_type == "qwen2" or _boolean(config, "attention_bias", problems),
-        qk_norm=model_type == "qwen3",
-        **common,
-    )
+        return None
+    return ModelArchitecture(family="dense-gqa", kv_heads=kv_heads, head_dim=int(head_dim), qkv_bias=qkv_bias,
+                             qk_norm=model_type == "qwen3", **common)
 
 
 def load_hf_config(path: str | Path) -> ModelArchitecture:

@@ -338,6 +338,7 @@ R1 = _catalog_config("deepseek-r1")
     ({**LLAMA_8B, "num_attention_heads": -32}, ["num_attention_heads: must be a positive integer"]),
     ({**LLAMA_8B, "num_hidden_layers": 10**12}, ["num_hidden_layers: must be a positive integer up to 1,024"]),
     ({**LLAMA_8B, "tie_word_embeddings": "yes"}, ["tie_word_embeddings: must be true or false"]),
+    ({**LLAMA_8B, "attention_bias": "yes"}, ["attention_bias: must be true or false"]),
     ({**LLAMA_8B, "torch_dtype": 16}, ["torch_dtype: must be a string"]),
     ({**LLAMA_8B, "quantization_config": "fp8"}, ["quantization_config: must be an object"]),
     ({**LLAMA_8B, "model_type": ["llama"]}, ["unsupported model_type ['llama']"]),
