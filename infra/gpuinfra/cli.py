@@ -20,7 +20,7 @@ import yaml
 
 from gpuinfra.environments.cli import add_env_parser, run_env
 from gpuinfra.errors import InfeasibleError, InputError, Problem
-from gpuinfra.sizing import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION
+from gpuinfra.sizing import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NODES
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 # Bounds on counts a user types: well past any real deployment, far short of what would hang the planner.
@@ -92,7 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--gpu", metavar="SKU", help="an on-prem GPU (with --gpus-per-node)")
     size.add_argument("--gpus-per-node", metavar="N")
     size.add_argument("--nodes", metavar="N", help="nodes the model spans (pipeline parallel across them)")
-    size.add_argument("--max-nodes", metavar="N", help="planner: largest node count to consider (default 4)")
+    size.add_argument("--max-nodes", metavar="N",
+                      help=f"planner: largest node count to consider (default {DEFAULT_MAX_NODES})")
     size.add_argument("--input-tokens", metavar="N", help="prompt tokens per request, for the speed prediction")
     size.add_argument("--output-tokens", metavar="M", help="output tokens per request, for the speed prediction")
     size.add_argument("--ttft-p99", metavar="S", help="planner SLA: time to first token, seconds")
@@ -206,7 +207,7 @@ def _request_from_args(args: argparse.Namespace, problems: list[Problem]):
 def _evaluation_with_serving(request, evaluation) -> dict[str, Any]:
     """The evaluation plus the serving plan the inference_server role runs (on-prem hosts have no stack)."""
     from gpuinfra.catalog import find_model
-    from gpuinfra.config import Endpoint
+    from gpuinfra.config import DEFAULT_SERVING_PORT
     from gpuinfra.contract import serving_plan
 
     try:
@@ -214,7 +215,7 @@ def _evaluation_with_serving(request, evaluation) -> dict[str, Any]:
     except InputError:  # a --model-config model: the operator stages its weights
         hf_repo = None
     return {**evaluation.model_dump(mode="json"),
-            "serving": serving_plan(request, evaluation, port=Endpoint.model_fields["port"].default,
+            "serving": serving_plan(request, evaluation, port=DEFAULT_SERVING_PORT,
                                     hf_repo=hf_repo)}
 
 
@@ -279,8 +280,9 @@ def _size(args: argparse.Namespace, out) -> int:
         return EXIT_OK if evaluation.feasible else EXIT_INFEASIBLE
     from gpuinfra.performance import default_workload, rank_by_sla
 
-    result = rank_by_sla(plan(request, max_nodes=max_nodes or 4), request, workload or default_workload(request),
-                         sla, closed_batch=workload is not None)
+    options = plan(request, max_nodes=max_nodes or DEFAULT_MAX_NODES)
+    result = rank_by_sla(options, request, workload or default_workload(request), sla,
+                         closed_batch=workload is not None)
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
     else:

@@ -39,6 +39,7 @@ from gpuinfra.sizing import (
 )
 
 CONFIG_KEY = "gpuinfra:cluster"
+DEFAULT_SERVING_PORT = 8000  # vLLM's own default; the plan carries it to the hosts (serving.port)
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
 # Pulumi's stack-name rule (letters, digits, -, _, .); the name also becomes a file name and an AWS tag value.
 STACK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -175,7 +176,7 @@ class Weights(StrictModel):
 
 class Endpoint(StrictModel):
     enabled: bool = Field(False, description="Internal load balancer in front of the nodes")
-    port: int = Field(8000, ge=1, le=65535, description="The inference server's port")
+    port: int = Field(DEFAULT_SERVING_PORT, ge=1, le=65535, description="The inference server's port")
 
 
 class Sla(StrictModel):

@@ -34,6 +34,7 @@ GIB = 1024**3
 # vLLM defaults and measured overheads (S8, S10, S10b; catalog-facts.yaml meta.vllm_defaults).
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_CONTEXT_TOKENS = 32768  # max_model_len when a request names none
+DEFAULT_MAX_NODES = 4  # the planner's largest node count per copy unless told
 LARGE_GPU_BATCHED_TOKENS = 8192  # vLLM's max_num_batched_tokens on GPUs of 70 GiB or more, except A100 (S34)
 KV_BLOCK_TOKENS = 16  # vLLM's default block size (S8)
 # vLLM's default token budget per step for the API server: 8192 on GPUs with >= 70 GiB that are not A100
@@ -723,7 +724,8 @@ class PlanResult(BaseModel):
     rejected: list[Rejection]
 
 
-def plan(request: SizingRequest, max_nodes: int = 4, instance_types: list[InstanceType] | None = None) -> PlanResult:
+def plan(request: SizingRequest, max_nodes: int = DEFAULT_MAX_NODES,
+         instance_types: list[InstanceType] | None = None) -> PlanResult:
     """Every catalog instance type at 1..max_nodes nodes: the smallest node count that serves the request
     per type, cheapest first, and why the rest do not. Multi-node only where the type has EFA."""
     if max_nodes < 1:

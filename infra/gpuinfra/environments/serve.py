@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from gpuinfra.config import DEFAULT_SERVING_PORT
 from gpuinfra.environments.context import Context
 from gpuinfra.environments.models import Lifecycle, ServingRecord, utc_text
 from gpuinfra.errors import Problem
@@ -126,7 +127,7 @@ def serve_environment(ctx: Context, name: str, lifecycle: Lifecycle, outputs: di
     with ctx.stages.stage("first completion"):
         head, ttft = first_completion(reports)
         inventory = inventory_hosts(source)
-    port = next(iter(outputs.get("node_plans", {}).values()), {}).get("serving", {}).get("port", 8000)
+    port = next(iter(outputs.get("node_plans", {}).values()), {}).get("serving", {}).get("port", DEFAULT_SERVING_PORT)
     endpoint = (f"http://{outputs['endpoint_dns_name']}:{port}" if outputs.get("endpoint_dns_name")
                 else f"http://{address_of(inventory, head)}:{port}")
     monitoring = inventory.get("monitoring", {}).get("hosts") or []

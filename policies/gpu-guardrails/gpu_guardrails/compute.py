@@ -111,14 +111,16 @@ def validate_spot_pools_advisory(args: ResourceValidationArgs, report_violation:
 
 spot_diversification = ResourceValidationPolicy(
     name="spot-diversification",
-    description="A spot group uses at least 2 instance types and a capacity-optimized allocation strategy.",
+    description=f"A spot group uses at least {SPOT_SCHEMA.properties['min_instance_types']['default']} instance "
+                "types (min_instance_types) and a capacity-optimized allocation strategy.",
     validate=validate_spot_diversification,
     enforcement_level=EnforcementLevel.MANDATORY,
     config_schema=SPOT_SCHEMA,
 )
 spot_pools = ResourceValidationPolicy(
     name="spot-pools-recommended",
-    description="A spot group uses 3 or more instance types and capacity rebalancing.",
+    description=f"A spot group uses {SPOT_ADVISORY_SCHEMA.properties['recommended_instance_types']['default']} or "
+                "more instance types (recommended_instance_types) and capacity rebalancing.",
     validate=validate_spot_pools_advisory,
     enforcement_level=EnforcementLevel.ADVISORY,
     config_schema=SPOT_ADVISORY_SCHEMA,
