@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from gpuinfra.catalog import find_gpu, find_instance_type, find_model
 from gpuinfra.sizing import Evaluation, Hardware, ModelSpec, build_request, evaluate
 
@@ -16,8 +15,3 @@ def size(model: str, instance: str | None = None, nodes: int = 1, *, gpu: str | 
     else:
         hardware = Hardware(gpu=find_gpu(gpu), gpus_per_node=gpus_per_node, nodes=nodes)
     return evaluate(req, hardware)
-
-
-@pytest.fixture
-def sized():
-    return size

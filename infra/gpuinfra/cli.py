@@ -221,7 +221,7 @@ def _evaluation_with_serving(request, evaluation) -> dict[str, Any]:
 
 def _size(args: argparse.Namespace, out) -> int:
     from gpuinfra.catalog import find_gpu, find_instance_type
-    from gpuinfra.sizing import Hardware, evaluate, plan
+    from gpuinfra.sizing import Hardware, evaluate, survey
 
     problems: list[Problem] = []
     request = _request_from_args(args, problems)
@@ -280,15 +280,15 @@ def _size(args: argparse.Namespace, out) -> int:
         return EXIT_OK if evaluation.feasible else EXIT_INFEASIBLE
     from gpuinfra.performance import default_workload, rank_by_sla
 
-    options = plan(request, max_nodes=max_nodes or DEFAULT_MAX_NODES)
+    options = survey(request, max_nodes=max_nodes or DEFAULT_MAX_NODES)
     result = rank_by_sla(options, request, workload or default_workload(request), sla,
                          closed_batch=workload is not None)
     if args.json:
         out.write(result.model_dump_json(indent=2) + "\n")
     else:
-        from gpuinfra.render import console_for, render_plan
+        from gpuinfra.render import console_for, render_survey
 
-        render_plan(result, console_for(out))
+        render_survey(result, console_for(out))
     return EXIT_OK if result.options else EXIT_INFEASIBLE
 
 

@@ -127,7 +127,7 @@ class ExistingSubnets(StrictModel):
         default_factory=list, description="Private subnets in two or more zones for the internal load balancer")
 
 
-Network = Annotated[CreateVpc | ExistingSubnets, Field(discriminator="mode")]
+NetworkConfig = Annotated[CreateVpc | ExistingSubnets, Field(discriminator="mode")]
 
 
 class Access(StrictModel):
@@ -210,7 +210,7 @@ class ClusterConfig(ServingRequest):
     capacity: Capacity = Field(default_factory=OnDemand)
     region: RegionName = Field("us-east-1", description="AWS region (one of the catalog's)")
     availability_zone: str | None = Field(None, description="Required for multi-node (cluster placement group)")
-    network: Network = Field(default_factory=CreateVpc)
+    network: NetworkConfig = Field(default_factory=CreateVpc)
     access: Access = Field(default_factory=Access)
     weights: Weights
     ami_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Override the GPU AMI lookup")

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpuinfra.catalog import Gpu, GpuPerformance, find_gpu
 
 if TYPE_CHECKING:  # sizing embeds Performance in its Evaluation, so it is imported lazily here
-    from gpuinfra.sizing import Evaluation, PlanResult, SizingRequest
+    from gpuinfra.sizing import Evaluation, SizingRequest, Survey
 
 # Spec-derived defaults for a GPU never measured: typical shares of peak for vLLM with CUDA graphs.
 DERIVED = GpuPerformance(prefill_efficiency=0.5, weight_bandwidth_efficiency=0.75, kv_bandwidth_efficiency=0.6,
@@ -281,8 +281,8 @@ def sla_reasons(steady: SteadyState, sla: SlaTarget, concurrency: int) -> list[s
     return reasons
 
 
-def rank_by_sla(result: PlanResult, request: SizingRequest, workload: Workload, sla: SlaTarget, *,
-                closed_batch: bool = False) -> PlanResult:
+def rank_by_sla(result: Survey, request: SizingRequest, workload: Workload, sla: SlaTarget, *,
+                closed_batch: bool = False) -> Survey:
     """RESULT with every option's steady state at WORKLOAD (and, with CLOSED_BATCH, its closed-batch
     performance); options that miss the SLA move to the front of the rejected list with their reasons; the
     rest are ranked by $/h, with $ per million output tokens at that load (all streams at their speed)."""

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gpuinfra.sizing import Evaluation, PlanResult
+from gpuinfra.sizing import Evaluation, Survey
 
 BAR_WIDTH = 60
 # Piped output (CI logs, `| less`) has no terminal width to honour: rich would fall back to 80 columns and cut
@@ -93,7 +93,7 @@ def render_evaluation(e: Evaluation, console: Console) -> None:
     console.print(Panel(Group(*body), title=title, title_align="left", width=min(console.width, PANEL_WIDTH)))
 
 
-def render_plan(result: PlanResult, console: Console, rejected_limit: int = 12) -> None:
+def render_survey(result: Survey, console: Console, rejected_limit: int = 12) -> None:
     req = result.request
     console.print(
         f"[bold]{req['model']}[/] {req['precision']}, KV {req['kv_cache_dtype']}, "

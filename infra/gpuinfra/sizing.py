@@ -718,14 +718,14 @@ class Rejection(BaseModel):
     reasons: list[str]
 
 
-class PlanResult(BaseModel):
+class Survey(BaseModel):
     request: dict
     options: list[Evaluation]
     rejected: list[Rejection]
 
 
-def plan(request: SizingRequest, max_nodes: int = DEFAULT_MAX_NODES,
-         instance_types: list[InstanceType] | None = None) -> PlanResult:
+def survey(request: SizingRequest, max_nodes: int = DEFAULT_MAX_NODES,
+           instance_types: list[InstanceType] | None = None) -> Survey:
     """Every catalog instance type at 1..max_nodes nodes: the smallest node count that serves the request
     per type, cheapest first, and why the rest do not. Multi-node only where the type has EFA."""
     if max_nodes < 1:
@@ -750,4 +750,4 @@ def plan(request: SizingRequest, max_nodes: int = DEFAULT_MAX_NODES,
     from gpuinfra.request import ServingRequest  # it builds on this module
 
     summary = {**ServingRequest.of(request).to_dict(), "max_nodes": max_nodes}
-    return PlanResult(request=summary, options=options, rejected=rejected)
+    return Survey(request=summary, options=options, rejected=rejected)

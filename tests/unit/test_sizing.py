@@ -13,7 +13,7 @@ from gpuinfra.sizing import (
     build_request,
     model_weight_bytes,
     pipeline_stages,
-    plan,
+    survey,
 )
 
 from tests.conftest import size
@@ -204,7 +204,7 @@ def _r1_request(**fields):
 
 
 def test_planner_returns_the_feasible_types_cheapest_first_and_why_not_for_the_rest():
-    result = plan(_r1_request(concurrency=4))
+    result = survey(_r1_request(concurrency=4))
     chosen = [(e.instance_type, e.nodes) for e in result.options]
     assert ("p5en.48xlarge", 1) in chosen and ("p5.48xlarge", 2) in chosen and ("p6-b200.48xlarge", 1) in chosen
     prices = [e.cost_per_hour_usd for e in result.options if e.cost_per_hour_usd is not None]
@@ -218,12 +218,12 @@ def test_planner_returns_the_feasible_types_cheapest_first_and_why_not_for_the_r
 
 
 def test_planner_picks_the_cheapest_small_gpu_for_the_smallest_distill():
-    result = plan(build_request(model=ModelSpec.from_catalog(find_model("deepseek-r1-distill-qwen-1.5b"))))
+    result = survey(build_request(model=ModelSpec.from_catalog(find_model("deepseek-r1-distill-qwen-1.5b"))))
     assert result.options[0].instance_type == "g6.xlarge"
 
 
 def test_planner_respects_max_nodes():
-    result = plan(_r1_request(precision="bf16"), max_nodes=1)
+    result = survey(_r1_request(precision="bf16"), max_nodes=1)
     assert all(e.nodes == 1 for e in result.options)
     assert not any(e.instance_type == "p5.48xlarge" for e in result.options)
 

@@ -86,10 +86,6 @@ def find_instance_type(name: str, path: str = "instance_type") -> InstanceType:
     )
 
 
-def gpu_of(instance: InstanceType) -> Gpu:
-    return find_gpu(instance.gpu)
-
-
 def region_names() -> list[str]:
     return [region.name for region in load_catalog().regions.regions]
 

@@ -74,7 +74,7 @@ class Nvme(CatalogModel):
         return self.count * self.gb_each
 
 
-class Network(CatalogModel):
+class InstanceNetwork(CatalogModel):
     peak_gbps: float = Field(gt=0)
     baseline_gbps: float = Field(gt=0)
     cards: int = Field(ge=1, description="Network cards; EFA wants one interface per card")
@@ -101,7 +101,7 @@ class InstanceType(CatalogModel):
     vcpus: int = Field(ge=1)
     ram_gib: float = Field(gt=0)
     nvme: Nvme
-    network: Network
+    network: InstanceNetwork
     efa: Efa
     nvswitch: bool
     gpu_interconnect: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuinfra.sizing import Evaluation, Hardware, SizingRequest, evaluate, plan
+from gpuinfra.sizing import Evaluation, Hardware, SizingRequest, evaluate, survey
 from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
 
 from gpu_guardrails.common import (
@@ -27,7 +27,7 @@ def cheapest_fits(request: SizingRequest, max_nodes: int, count: int) -> tuple[s
     key = (request.model.name, request.effective_precision, request.kv_cache_dtype, request.context_tokens,
            request.concurrency, request.gpu_memory_utilization, request.attention_parallel, max_nodes, count)
     if key not in _SUGGESTIONS:
-        options = plan(request, max_nodes=max_nodes).options
+        options = survey(request, max_nodes=max_nodes).options
         _SUGGESTIONS[key] = tuple(f"{o.instance_type} x {o.nodes}" + (
             f" (${o.cost_per_hour_usd:.2f}/h)" if o.cost_per_hour_usd else "") for o in options[:count])
     return _SUGGESTIONS[key]
