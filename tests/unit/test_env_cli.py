@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gpuinfra.catalog import find_instance_type
 from gpuinfra.cli import main
 from gpuinfra.environments.backend import Backend, FileStore
+
+# dev-7b's hourly price as environments record it (cents), from the catalog: expectations follow a price change
+PRICE = round(find_instance_type("g6.2xlarge").price.usd_per_hour, 2)
+
 
 REPO = Path(__file__).resolve().parents[2]
 GPUINFRA = REPO / ".venv" / "bin" / "gpuinfra"
@@ -46,17 +52,17 @@ def files_under(path: Path) -> list[str]:
 def test_up_then_ls_shows_price_expiry_and_budget_left(env):
     rc, out = env("up", "dev-7b", "--name", "t", "--ttl", "2h", "--budget", "50")
     assert rc == 0, out
-    assert "environment t (dev-7b) is ready: $0.98/h" in out and "budget $50.00" in out
+    assert f"environment t (dev-7b) is ready: ${PRICE:.2f}/h" in out and "budget $50.00" in out
     rc, out = env("ls", "--json")
     (row,) = json.loads(out)
     assert row["name"] == "t" and row["template"] == "dev-7b" and row["state"] == "ready"
-    assert row["hourly_usd"] == 0.98 and row["budget_usd"] == 50.0 and row["budget_left_usd"] == 50.0
+    assert row["hourly_usd"] == round(PRICE, 2) and row["budget_usd"] == 50.0 and row["budget_left_usd"] == 50.0
     assert 1.99 < row["expires_in_hours"] <= 2.0 and row["resources"] > 20
     assert set(row) == {"name", "environment_id", "template", "owner", "state", "reason", "created_at", "age_hours",
                         "expires_at", "expires_in_hours", "hourly_usd", "spend_usd", "budget_usd", "budget_left_usd",
                         "idle_after_s", "protected", "update_in_progress", "resources", "endpoint"}
     rc, table = env("ls")
-    assert rc == 0 and "0.98" in table and row["expires_at"] in table and "50.00" in table
+    assert rc == 0 and f"{PRICE:.2f}" in table and row["expires_at"] in table and "50.00" in table
 
 
 def test_the_backend_holds_a_pulumi_diy_layout_with_tags(env):
@@ -68,7 +74,7 @@ def test_the_backend_holds_a_pulumi_diy_layout_with_tags(env):
     assert checkpoint["version"] == 3 and checkpoint["checkpoint"]["stack"] == "organization/gpuinfra/t"
     tags = json.loads((env.state / ".pulumi/stacks/gpuinfra/t.pulumi-tags").read_text())
     assert tags["version"] == 1 and tags["tags"]["gpuinfra:owner"] == "alice@example.com"
-    assert tags["tags"]["gpuinfra:budget-usd"] == "50.00" and tags["tags"]["gpuinfra:hourly-usd"] == "0.98"
+    assert tags["tags"]["gpuinfra:budget-usd"] == "50.00" and tags["tags"]["gpuinfra:hourly-usd"] == f"{PRICE:.2f}"
     assert not files_under(env.state / ".pulumi/locks")  # released after the up
 
 
@@ -114,7 +120,12 @@ def test_over_budget_is_refused_before_anything_exists(env, capsys):
     rc, out = env("up", "dev-7b", "--name", "t", "--ttl", "80h", "--budget", "50")
     assert rc == 1
     err = capsys.readouterr().err
-    assert "error: --budget: $0.98/h x 3d8h = $78.40, over the $50.00 budget (at most --ttl 2d3h fits)" in err
+    refusal = re.search(r"error: --budget: \$([\d.]+)/h x 3d8h = \$([\d.]+), over the \$50.00 budget "
+                        r"\(at most --ttl (\d+)d(\d+)h fits\)", err)
+    assert refusal, err
+    hourly, total, days, hours = float(refusal[1]), float(refusal[2]), int(refusal[3]), int(refusal[4])
+    assert hourly == round(PRICE, 2) and total == pytest.approx(hourly * 80, abs=0.01)
+    assert (days * 24 + hours) * hourly <= 50 < (days * 24 + hours + 1) * hourly
     assert files_under(env.state) == []
 
 
@@ -194,9 +205,9 @@ def test_extend_moves_the_expiry_everywhere_and_never_past_the_budget(env, capsy
     resources = env.backend.read_json(env.backend.checkpoint_key("t"))["checkpoint"]["latest"]["resources"]
     (template,) = [r for r in resources if r["type"] == "aws:ec2/launchTemplate:LaunchTemplate"]
     assert template["inputs"]["tagSpecifications"][0]["tags"]["gpuinfra:expires-at"] == after["expires_at"]
-    rc, _ = env("extend", "t", "--ttl", "2h")  # 6h x $0.98 = $5.88 > $5
-    assert rc == 1 and "error: --ttl: extending by 2h: $0.98/h x 6h = $5.88, over the $5.00 budget" in \
-        capsys.readouterr().err
+    rc, _ = env("extend", "t", "--ttl", "2h")  # 6h at dev-7b's price is over $5
+    refusal = f"error: --ttl: extending by 2h: ${PRICE:.2f}/h x 6h = ${PRICE * 6:.2f}, over the $5.00 budget"
+    assert rc == 1 and refusal in capsys.readouterr().err
     assert json.loads(env("ls", "--json")[1])[0]["expires_at"] == after["expires_at"]
 
 
