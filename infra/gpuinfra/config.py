@@ -214,7 +214,8 @@ class ClusterConfig(ServingRequest):
     access: Access = Field(default_factory=Access)
     weights: Weights
     ami_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Override the GPU AMI lookup")
-    root_volume_gib: int | None = Field(None, ge=100, le=16384, description="Default: sized for images + weights")
+    root_volume_gib: int | None = Field(None, ge=100, le=16384, description="Root EBS volume; default 200 GiB (OS, "
+                                                                         "drivers, images: weights use the NVMe)")
     endpoint: Endpoint = Field(default_factory=Endpoint)
     sla: Sla = Field(default_factory=Sla, description="Latency, error-rate and throughput targets")
     hourly_budget_usd: float | None = Field(None, gt=0, description="Refuse plans whose on-demand cost exceeds it")

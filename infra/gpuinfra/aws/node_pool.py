@@ -9,7 +9,6 @@ targeted from the launch template.
 from __future__ import annotations
 
 import base64
-import math
 from dataclasses import dataclass
 
 import pulumi
@@ -24,14 +23,9 @@ from gpuinfra.sizing import Evaluation
 # The DLAMI with the NVIDIA driver, Fabric Manager, EFA and NCCL (S16): the Ansible roles then pin versions.
 GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 ROOT_DEVICE = "/dev/sda1"
-BASE_ROOT_GIB = 200  # OS, drivers, CUDA, container images, logs
-
-
-def root_volume_gib(evaluation: Evaluation, instance: InstanceType) -> int:
-    """Weights live on the instance-store RAID when the type has enough; otherwise on the root volume."""
-    if instance.nvme.total_gb * 1e9 / 2**30 >= evaluation.nvme_gib_required:
-        return BASE_ROOT_GIB
-    return BASE_ROOT_GIB + math.ceil(evaluation.nvme_gib_required / 50) * 50
+# OS, drivers, CUDA, container images, logs. The weights never live here: the sizing engine refuses a type
+# whose instance store cannot hold them (reason code `nvme`), and the RAID unit mounts that store for them.
+BASE_ROOT_GIB = 200
 
 
 def resource_suffix(instance_type: str) -> str:
@@ -105,7 +99,7 @@ def gpu_launch_template(name: str, instance: InstanceType, evaluation: Evaluatio
         block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
             device_name=spec.root_device,
             ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                volume_size=spec.root_volume_gib or root_volume_gib(evaluation, instance), volume_type="gp3",
+                volume_size=spec.root_volume_gib or BASE_ROOT_GIB, volume_type="gp3",
                 iops=6000, throughput=500, encrypted="true", delete_on_termination="true"))],
         network_interfaces=interfaces,
         placement=aws.ec2.LaunchTemplatePlacementArgs(group_name=spec.placement_group_name)
