@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= prod-70b
 
-.PHONY: setup plan test lint bench
+.PHONY: setup plan test test-fast lint bench
 # setup: everything the tests need; plan installs only what an offline plan needs.
 setup:
 	@scripts/bootstrap.sh test
@@ -18,6 +18,11 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# The edit loop: unit, policy and CLI tests without the slow ones (real processes, moto, generated runs).
+# `make test` stays the whole suite and what CI runs.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/policies
 
 bench: setup
 	$(BIN)/python benchmarks/sizing_sweep.py --write docs/benchmarks/sizing.md

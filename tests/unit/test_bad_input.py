@@ -290,6 +290,7 @@ def test_inventory_output_is_all_or_nothing(tmp_path, capsys):
     assert code == 0 and tree(target) == first
 
 
+@pytest.mark.slow  # real gpuinfra and ansible processes
 def test_input_values_are_data_not_code(tmp_path, r1_outputs):
     """A hostile value in the outputs reaches Ansible as the literal string: never rendered."""
     hostile = "{{ lookup('pipe', 'touch " + str(tmp_path / "pwned") + "') }}"
@@ -413,6 +414,7 @@ def test_an_unexpected_failure_is_one_line_and_exit_3(tmp_path, capsys, monkeypa
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real gpuinfra processes
 @pytest.mark.parametrize("argv", [
     ["plan", "prod-7b"],
     ["inventory", "prod-r1", "--hosts", "a b"],

@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from gpuinfra.cli import main
 from gpuinfra.config import ClusterConfig
@@ -17,6 +18,9 @@ from gpuinfra.documents import parse_json, parse_yaml
 from gpuinfra.errors import InputError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+# Hundreds of generated runs: `make test` runs these, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,6 +17,9 @@ from gpuinfra.environments.capacity import AwsCapacityApi, check_capacity, quota
 from gpuinfra.plan import resolve_stack
 from moto import mock_aws
 
+# moto's EC2 backend takes seconds per test: `make test` runs these, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 RESERVATION = "cr-0123456789abcdef0"
 

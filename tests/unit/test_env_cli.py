@@ -179,6 +179,7 @@ def test_a_second_up_of_the_same_name_is_refused_and_the_first_stays(env, capsys
     assert env.backend.tags("t")["gpuinfra:environment-id"] == first
 
 
+@pytest.mark.slow  # two real gpuinfra processes
 def test_two_concurrent_ups_of_one_name_leave_one_environment_and_one_error(tmp_path):
     environ = {**os.environ, "GPUINFRA_BACKEND": f"file://{tmp_path / 'state'}", "GPUINFRA_ENGINE": "standin",
                "GPUINFRA_HOME": str(tmp_path / "home")}

@@ -16,7 +16,8 @@ from gpuinfra.preview import run_offline
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKOV = REPO / ".venv-tools" / "bin" / "checkov"
-pytestmark = pytest.mark.skipif(not CHECKOV.exists(), reason="scripts/bootstrap.sh test installs .venv-tools")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHECKOV.exists(), reason="scripts/bootstrap.sh test installs .venv-tools")]
 
 
 def lws_pods(manifest: dict) -> list[dict]:
