@@ -153,15 +153,16 @@ def test_env_extend_moves_the_nodes_deadline(served):
 
 
 def test_a_node_powers_itself_off_at_its_expiry(served):
-    """The switch for real on h2 (the last test: the host is gone after it): an expiry 30 s ahead, no grace."""
+    """The switch for real on h2 (the last test: the host is gone after it): an expiry ahead, no grace. The
+    margin covers the playbook run on a loaded 2-core CI machine (the role refuses a deadline already past)."""
     hosts = served["hosts"]
     h2 = hosts.hosts[1]
-    soon = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    soon = (datetime.now(UTC) + timedelta(seconds=150)).strftime("%Y-%m-%dT%H:%M:%SZ")
     run = run_playbook("expiry.yml", served["inventory"], "--limit", "h2", "-e", json.dumps({
         "node_expiry_at": soon, "node_expiry_grace_minutes": 0, "node_expiry_check_every": "5s"}),
         prefix=hosts.netns_exec())
     assert run.returncode == 0, run.tail(60)
-    assert h2.process.wait(timeout=180) is not None  # nspawn exits when the booted system powers off
+    assert h2.process.wait(timeout=420) is not None  # nspawn exits when the booted system powers off
     assert datetime.now(UTC) >= datetime.strptime(soon, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
