@@ -424,7 +424,12 @@ def test_every_role_checks_its_input_first_and_offers_a_validate_entry_point(rol
     assert used_as_entry_points <= set(specs), used_as_entry_points - set(specs)
     assert used_as_entry_points <= tasks_files
     main = yaml.safe_load((ROLES / role / "tasks" / "main.yml").read_text())
-    assert main[0] == {"name": "Check the input before anything runs", "ansible.builtin.import_tasks": "validate.yml"}
+    assert {key: main[0][key] for key in ("name", "ansible.builtin.import_tasks")} == {
+        "name": "Check the input before anything runs", "ansible.builtin.import_tasks": "validate.yml"}
+    # The only condition: check_input.yml has checked this role already in this run.
+    assert set(main[0]) <= {"name", "ansible.builtin.import_tasks", "when", "tags"}
+    if role != "preflight":
+        assert main[0]["when"] == f"'{role}' not in gpuinfra_checked_roles | default([])"
     meta = yaml.safe_load((ROLES / role / "meta" / "main.yml").read_text())
     assert meta["dependencies"] == [], "a dependency would run before this role's input checks"
 
