@@ -75,9 +75,10 @@ RegionName = Annotated[str, AfterValidator(_refusing(region_problem))]
 
 class StrictModel(BaseModel):
     """Unknown fields are rejected, which is what turns a typo'd key into an error instead of a default.
-    NaN and infinity are refused: no limit, budget or SLA may be one."""
+    NaN and infinity are refused: no limit, budget or SLA may be one. Types are strict: "4", 4.0 and yes are
+    not a count, and "yes" is not a boolean (a quoted true in YAML is a string, not a switch)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class OnDemand(StrictModel):

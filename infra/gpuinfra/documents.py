@@ -73,7 +73,9 @@ class _TooDeep(Exception):
 
 class _BoundedLoader(yaml.SafeLoader):
     """SafeLoader that refuses nesting deeper than MAX_NESTING while composing (before Python's own
-    recursion limit turns it into a crash)."""
+    recursion limit turns it into a crash), and reads only plain data: text, numbers, booleans, null, lists
+    and mappings. Dates stay text (`2024-13-45` is no crash, `2026-01-01` no datetime), and the binary,
+    timestamp, set and ordered-map tags are refused."""
 
     def __init__(self, stream: str):
         super().__init__(stream)
@@ -89,15 +91,33 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """How many values NODE holds once every alias is expanded (aliases share node objects: memoised)."""
+_PLAIN_DATA_TAGS = {f"tag:yaml.org,2002:{name}"
+                    for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag in _PLAIN_DATA_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag in ("binary", "timestamp", "set", "omap", "pairs"):
+    _BoundedLoader.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
+_BoundedLoader.yaml_constructors = {**_BoundedLoader.yaml_constructors}
+
+
+class _Recursive(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], visiting: frozenset[int] = frozenset()) -> int:
+    """How many values NODE holds once every alias is expanded (aliases share node objects: memoised); an
+    alias inside its own anchor (`&a [*a]`) is infinite and refused."""
     known = memo.get(id(node))
     if known is not None:
         return known
+    if id(node) in visiting:
+        raise _Recursive
+    inner = visiting | {id(node)}
     if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        size = 1 + sum(_expanded_size(k, memo, inner) + _expanded_size(v, memo, inner) for k, v in node.value)
     elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(item, memo) for item in node.value)
+        size = 1 + sum(_expanded_size(item, memo, inner) for item in node.value)
     else:
         size = 1
     memo[id(node)] = min(size, MAX_NODES + 1)
@@ -115,6 +135,10 @@ def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> list[Problem]
         for key, value in node.value:
             name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
             child = f"{path}.{name}" if path else name
+            if key.tag not in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"):
+                problems.append(Problem(child, f"keys must be text, not {key.tag.rsplit(':', 1)[-1]} (line "
+                                               f"{key.start_mark.line + 1}); quote it"))
+                continue
             if isinstance(key, yaml.ScalarNode) and name != "<<":
                 line = key.start_mark.line + 1
                 if name in lines:
@@ -139,7 +163,11 @@ def parse_yaml(text: str, label: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if _expanded_size(node, {}) > MAX_NODES:
+        try:
+            too_big = _expanded_size(node, {}) > MAX_NODES
+        except _Recursive:
+            raise InputError([Problem(label, "holds an alias inside its own anchor (infinite); refused")]) from None
+        if too_big:
             raise InputError([Problem(label, f"expands to more than {MAX_NODES:,} values (YAML aliases?); "
                                              "refused")])
         duplicates = _duplicate_keys(node, "", set())
@@ -149,8 +177,12 @@ def parse_yaml(text: str, label: str) -> Any:
     except _TooDeep as exc:
         raise InputError([Problem(label, f"nests deeper than {MAX_NESTING} levels{_where(exc.args[0])}; "
                                          "refused")]) from None
+    except InputError:
+        raise
     except yaml.YAMLError as exc:
         raise InputError([Problem(label, f"not valid YAML: {_yaml_reason(exc)}")]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # e.g. `!!int abc`, a 5,000-digit int
+        raise InputError([Problem(label, f"not valid YAML: a value cannot be read ({exc})")]) from None
     finally:
         loader.dispose()
     bad = _non_finite_paths(data, "")

@@ -39,6 +39,8 @@ class _Contract(BaseModel):
 
 
 class WeightsOutput(_Contract):
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, strict=True, extra="forbid")
+
     source: str
     revision: str | None = None
     local_dir: str

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpuinfra.errors import InputError, problems_from_validation_error
+from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 from gpuinfra.sizing import (
     DEFAULT_CONTEXT_TOKENS,
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -33,10 +33,11 @@ ANNOTATION_PREFIX = "gpuinfra.io/"  # Kubernetes annotations on the serving pods
 class ServingRequest(BaseModel):
     """What to serve (a catalog model, at a precision) and the load it must hold (context x concurrency)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     model: str = Field(description="Catalog model slug or HF repo id (e.g. deepseek-r1-distill-llama-70b)")
-    precision: Precision | None = Field(None, description="Weight precision; default: the model's native one")
+    precision: Precision | None = Field(None, strict=False,  # an enum: its value's text is the input
+                                        description="Weight precision; default: the model's native one")
     kv_cache_dtype: KvCacheDtype = Field("auto", description="auto = 16-bit KV cache; fp8 halves it")
     context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, gt=0, description="max_model_len per sequence")
     concurrency: int = Field(1, gt=0, description="Concurrent sequences at full context the cluster must hold")
@@ -88,10 +89,16 @@ class ServingRequest(BaseModel):
     @classmethod
     def from_labels(cls, labels: dict[str, str], prefix: str = TAG_PREFIX) -> ServingRequest | None:
         """The request carried in LABELS, or None when they carry none (no model label)."""
-        fields = {name: labels[prefix + name.replace("_", "-")] for name in cls.model_fields
-                  if prefix + name.replace("_", "-") in labels}
+        fields: dict[str, Any] = {name: labels[prefix + name.replace("_", "-")] for name in cls.model_fields
+                                  if prefix + name.replace("_", "-") in labels}
         if "model" not in fields:
             return None
+        try:  # labels are text: the numeric fields are read back as numbers, and must be numbers
+            for name, kind in (("context_tokens", int), ("concurrency", int), ("gpu_memory_utilization", float)):
+                if name in fields:
+                    fields[name] = kind(fields[name])
+        except ValueError as exc:
+            raise InputError([Problem(f"{prefix}*", f"a label is not a number: {exc}")]) from None
         return cls.from_dict(fields, label=f"{prefix}*")
 
     # --- the command line ----------------------------------------------------------------------------------
