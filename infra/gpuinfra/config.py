@@ -47,12 +47,12 @@ STACK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # room for its own `gpuinfra:*` tags; keys up to 128 characters, values up to 256; `aws:` is AWS's prefix.
 MAX_USER_TAGS = 30
 MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH = 128, 256
-TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
+TAG_TEXT = re.compile(r"[\w .:/=+\-@]*")  # AWS allows spaces, not tabs or newlines
 RESERVED_TAG_PREFIXES = ("aws:", "gpuinfra:")
 
 
 def stack_name_problem(name: str) -> str | None:
-    if STACK_NAME_PATTERN.match(name):
+    if STACK_NAME_PATTERN.fullmatch(name):  # fullmatch: `$` alone lets a trailing newline through
         return None
     return (f"{name[:60]!r} is not a stack name: 1-100 letters, digits, '-', '_' or '.', starting with a letter "
             "or digit")
@@ -161,8 +161,24 @@ class Weights(StrictModel):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
-        if not re.match(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|hf://[\w.\-]+/[\w.\-]+)$", value):
-            raise ValueError("must be s3://bucket[/prefix] or hf://org/repo")
+        # The prefix lands in the node role's IAM policy: no wildcards, no ${policy variables}, no `..`.
+        s3 = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(/[A-Za-z0-9!_.'()/-]*)?", value)
+        hub = re.fullmatch(r"hf://[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*", value)
+        if not (s3 or hub):
+            raise ValueError("must be s3://bucket[/prefix] or hf://org/repo (prefix: letters, digits and "
+                             "! _ . ' ( ) / -; no wildcards or ${...})")
+        if s3 and (".." in s3.group(1) or "/../" in f"{s3.group(2) or ''}/" or (s3.group(2) or "").endswith("/..")):
+            raise ValueError("an S3 bucket or prefix may not hold `..`")
+        if hub and ".." in value:
+            raise ValueError("a hub repo id may not hold `..`")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        # It becomes the stager's --revision argument: a commit, tag or branch, never an option.
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}", value):
+            raise ValueError("must be a commit sha, tag or branch (letters, digits and . _ / -, not starting with -)")
         return value
 
     @property
@@ -331,7 +347,7 @@ def tag_problems(tags: dict[str, str]) -> list[Problem]:
         if len(value) > MAX_TAG_VALUE_LENGTH:
             problems.append(Problem(where, f"a tag value must be at most {MAX_TAG_VALUE_LENGTH} characters"))
         for text, what in ((key, "key"), (value, "value")):
-            if not TAG_TEXT.match(text):
+            if not TAG_TEXT.fullmatch(text):
                 problems.append(Problem(where, f"the {what} may hold only letters, digits, spaces and _ . : / = + - @"))
     return problems
 
@@ -558,7 +574,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, value = text.split("=", 1)
     if not key:
         raise InputError([Problem("--set", f"{text[:80]!r} has no field name")])
-    if not OVERRIDE_KEY.match(key):
+    if not OVERRIDE_KEY.fullmatch(key):
         raise InputError([Problem("--set", f"{key[:80]!r} is not a field path (lower-case names joined by dots, "
                                            "e.g. sla.ttft_p99_s)")])
     try:

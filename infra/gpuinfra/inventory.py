@@ -133,12 +133,15 @@ def group_vars(outputs: StackOutputs) -> dict[str, Any]:
 def host_problem(name: str) -> str | None:
     """Why NAME is neither an IP address nor a DNS host name, or None."""
     try:
-        ipaddress.ip_address(name)
-        return None
+        address = ipaddress.ip_address(name)
     except ValueError:
-        pass
+        address = None
+    if address is not None:
+        if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
+            return "is not a host's address (unspecified, broadcast or multicast)"
+        return None
     labels = name.rstrip(".").split(".")
-    if len(name) > 253 or not all(HOSTNAME_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(HOSTNAME_LABEL.fullmatch(label) for label in labels):
         return "is neither an IP address nor a host name (letters, digits and '-' in dot-separated labels)"
     if labels[-1].isdigit():
         return "looks like an IPv4 address but is not a valid one"

@@ -96,8 +96,16 @@ DEEP = "config:\n  gpuinfra:cluster:\n    tags: " + "[" * 5000 + "]" * 5000 + "\
      ["sla.ttft_p99_s: must be a finite number"]),
     (stack_text(hourly_budget_usd="NOT_A_NUMBER").replace("NOT_A_NUMBER", ".nan"),
      ["hourly_budget_usd: must be a finite"]),
+    (stack_text(concurrency="X").replace("concurrency: X", "concurrency: !!int abc"), ["not valid YAML"]),
+    (stack_text(region="X").replace("region: X", "region: !!timestamp x"), ["not valid YAML"]),
+    (stack_text(model="X").replace("model: X", "model: !!binary ZGVlcHNlZWs="), ["not valid YAML"]),
+    (stack_text(tags="X").replace("tags: X", "tags: &a [*a]"), ["an alias inside its own anchor"]),
+    (stack_text(context_tokens="X").replace("context_tokens: X", "context_tokens: " + "9" * 5000),
+     ["not valid YAML"]),
+    (stack_text() + "    1: x\n", ["keys must be text, not int"]),
 ], ids=["duplicate-block", "duplicate-field", "config-list", "config-string", "cluster-list", "top-list", "empty",
-        "broken-yaml", "alias-bomb", "deep-nesting", "sla-inf", "budget-nan"])
+        "broken-yaml", "alias-bomb", "deep-nesting", "sla-inf", "budget-nan", "int-tag", "timestamp-tag", "binary-tag",
+        "recursive-alias", "huge-int", "int-key"])
 def test_malformed_stack_files_are_refused(tmp_path, capsys, content, fragments):
     stack = tmp_path / "Pulumi.t.yaml"
     stack.write_text(content)
@@ -167,6 +175,20 @@ def test_bad_overrides_are_refused(tmp_path, capsys, setting, fragment):
     ({"tags": {f"t{i}": "v" for i in range(31)}}, ["31 tags: at most 30"]),
     ({"tags": {"owner": "{{ lookup('pipe', 'id') }}"}}, ["the value may hold only letters"]),
     ({"sla": {"ttft_p99_s": 0}}, ["cluster.sla.ttft_p99_s"]),
+    # Found by the adversarial probe: values that widened the node role's IAM policy or slipped past a check.
+    ({"weights": {"source": "s3://acme-ml-models/*"}}, ["cluster.weights.source", "no wildcards"]),
+    ({"weights": {"source": "s3://acme-ml-models/${aws:username}"}}, ["cluster.weights.source"]),
+    ({"weights": {"source": "s3://a..b/x"}}, ["may not hold `..`"]),
+    ({"weights": {"source": "hf://../.."}}, ["cluster.weights.source"]),
+    ({"weights": {"source": "hf://deepseek-ai/x", "revision": "--hf-endpoint=http://evil.example"}},
+     ["cluster.weights.revision: must be a commit sha, tag or branch"]),
+    ({"tags": {"owner": "a\nb"}}, ["cluster.tags.owner: the value may hold only"]),
+    ({"tags": {"owner": "a\tb"}}, ["cluster.tags.owner: the value may hold only"]),
+    ({"endpoint": {"enabled": "yes"}}, ["cluster.endpoint.enabled: Input should be a valid boolean"]),
+    ({"access": {"ssm": "true"}}, ["cluster.access.ssm: Input should be a valid boolean"]),
+    ({"concurrency": "4"}, ["cluster.concurrency: Input should be a valid integer"]),
+    ({"context_tokens": 16384.0}, ["cluster.context_tokens: Input should be a valid integer"]),
+    ({"nodes": True}, ["cluster.nodes: Input should be a valid integer"]),
 ])
 def test_security_and_placement_values_are_refused(tmp_path, capsys, changes, fragments):
     stack = tmp_path / "Pulumi.t.yaml"
@@ -245,6 +267,9 @@ def test_inventory_outputs_are_type_checked(tmp_path, capsys, r1_outputs, change
     ("10.0.0.1", "1 hosts is not a whole number of model copies: one copy spans 2 nodes"),
     ("h1,h2,h3,h4", "4 hosts, but stack prod-r1 has 2 node(s)"),
     ("h1=p4d.24xlarge,h2", "'p4d.24xlarge' is not one of the stack's instance types"),
+    ("0.0.0.0,10.0.0.2", "is not a host's address"),
+    ("255.255.255.255,10.0.0.2", "is not a host's address"),
+    ("h1\n=p5.48xlarge,h2=p5.48xlarge", "is neither an IP address nor a host name"),
 ])
 def test_inventory_hosts_are_checked(tmp_path, capsys, hosts, fragment):
     code, _, err = cli("inventory", "prod-r1", "--hosts", hosts, cwd=tmp_path, capsys=capsys)
