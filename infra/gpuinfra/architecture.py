@@ -225,7 +225,9 @@ DIMENSION_LIMITS = {"num_hidden_layers": 1024, "num_attention_heads": 16384, "nu
                     "first_k_dense_replace": 1024, "moe_layer_freq": 1024}
 DEFAULT_DIMENSION_LIMIT = 1 << 24
 # Keys by which Hugging Face configs declare routed experts, whatever their model_type says.
-EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+# Keys only mixture-of-experts configs carry (their presence alone says so).
+EXPERT_HINT_KEYS = ("num_experts_per_tok", "moe_intermediate_size", "moe_k", "router_aux_loss_coef")
 
 
 def _integer(config: dict[str, Any], key: str, problems: list[Problem], *, default: Any = None,
@@ -276,12 +278,18 @@ def _expert_problem(config: dict[str, Any], family: Family | None) -> Problem | 
     """Routed experts declared in a family sized as dense: refused rather than sized as a dense model."""
     if family == "mla-moe":
         return None
+    why = ("a mixture-of-experts model with model_type {!r}, which gpuinfra sizes only as dense; mixture-of-experts "
+           "sizing supports deepseek_v2/deepseek_v3").format(config.get("model_type"))
+    if isinstance(config.get("text_config"), dict):
+        return Problem("text_config", "a nested text_config (a multimodal wrapper) is not supported; give the "
+                                      "language model's own config.json")
     for key in EXPERT_COUNT_KEYS:
         value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            return Problem(key, f"{value} routed experts: a mixture-of-experts model with model_type "
-                                f"{config.get('model_type')!r}, which gpuinfra sizes only as dense; mixture-of-"
-                                "experts sizing supports deepseek_v2/deepseek_v3")
+        if value is not None and value not in (0, 1):
+            return Problem(key, f"{_shown(value)} routed experts: {why}")
+    hints = [key for key in EXPERT_HINT_KEYS if config.get(key) is not None]
+    if hints:
+        return Problem(hints[0], f"{_shown(config[hints[0]])}: {why}")
     return None
 
 
@@ -307,7 +315,11 @@ def _native_precision(config: dict[str, Any], problems: list[Problem]) -> str:
     if not isinstance(dtype, str):
         problems.append(Problem("torch_dtype", f"must be a string such as \"bfloat16\", got {_shown(dtype)}"))
         return "bf16"
-    return _TORCH_DTYPE_PRECISION.get(dtype, "bf16")
+    if dtype not in _TORCH_DTYPE_PRECISION:
+        problems.append(Problem("torch_dtype", f"{dtype!r} is not a checkpoint dtype gpuinfra sizes (known: "
+                                               f"{', '.join(_TORCH_DTYPE_PRECISION)})"))
+        return "bf16"
+    return _TORCH_DTYPE_PRECISION[dtype]
 
 
 def parse_hf_config(config: Any) -> ModelArchitecture:

@@ -32,6 +32,9 @@ LIMITS = {"--input-tokens": 16_777_216, "--output-tokens": 16_777_216, "--nodes"
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage problems as InputError (exit 2, our format) instead of exiting itself."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # `--gpus` must not silently mean --gpus-per-node
+
     def error(self, message: str) -> NoReturn:
         raise InputError([Problem("", message)])
 
@@ -250,6 +253,11 @@ def _size(args: argparse.Namespace, out) -> int:
             problems.extend(exc.problems)
     elif args.nodes:
         problems.append(Problem("--nodes", "needs --instance-type or --gpu (the planner uses --max-nodes)"))
+    if args.gpus_per_node and not args.gpu and not args.instance_type:
+        problems.append(Problem("--gpus-per-node", "needs --gpu (an instance type brings its own)"))
+    if (args.instance_type or args.gpu) and (args.ttft_p99 or args.min_stream_tokens_per_s):
+        problems.append(Problem("--ttft-p99" if args.ttft_p99 else "--min-stream-tokens-per-s",
+                                "is the planner's SLA; without a hardware choice the planner applies it"))
     if (args.instance_type or args.gpu) and args.max_nodes:
         problems.append(Problem("--max-nodes", "is for the planner; with a hardware choice use --nodes"))
     if (

@@ -294,6 +294,11 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
             find_instance_type(name, path=f"instance_types.{index}")
         except InputError as exc:
             problems.extend(exc.problems)
+        if name in (config.instance_types or [])[:index]:
+            problems.append(Problem(f"instance_types.{index}", f"{name} is listed twice"))
+    for index, cidr in enumerate(config.access.ssh_cidrs):
+        if cidr in config.access.ssh_cidrs[:index]:
+            problems.append(Problem(f"access.ssh_cidrs.{index}", f"{cidr} is listed twice"))
     if config.nodes_per_copy:
         if config.nodes % config.nodes_per_copy:
             problems.append(Problem("nodes", f"{config.nodes} is not a whole number of copies of "

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gpuinfra.config import ResolvedCluster, load_stack, parse_override
-from gpuinfra.errors import InputError
+from gpuinfra.errors import InputError, Problem
 from gpuinfra.sizing import Evaluation
 
 
@@ -50,6 +50,8 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     for text in sets or []:
         try:
             key, value = parse_override(text)
+            if key in overrides:
+                problems.append(Problem("--set", f"{key} is set twice; the last would silently win"))
             overrides[key] = value
         except InputError as exc:
             problems.extend(exc.problems)

@@ -152,10 +152,17 @@ def test_stack_name_comes_from_the_stack_file_name(tmp_path, capsys):
      " d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}", "expands to more than"),
     ("concurrency=.inf", "must be a finite number"),
     ("context_tokens=[1]", "cluster.context_tokens"),
+    ("instance_types=g6.2xlarge,g6.2xlarge", "cluster.instance_types.1: g6.2xlarge is listed twice"),
 ])
 def test_bad_overrides_are_refused(tmp_path, capsys, setting, fragment):
     code, _, err = cli("plan", "dev-7b", "--set", setting, cwd=tmp_path, capsys=capsys)
     expect(code, err, 2, fragment)
+
+
+def test_a_field_set_twice_is_refused(tmp_path, capsys):
+    code, _, err = cli("plan", "dev-7b", "--set", "concurrency=4", "--set", "concurrency=400000", cwd=tmp_path,
+                       capsys=capsys)
+    expect(code, err, 2, "--set: concurrency is set twice")
 
 
 # --- security and placement -------------------------------------------------------------------------------
@@ -209,6 +216,8 @@ def test_security_and_placement_values_are_refused(tmp_path, capsys, changes, fr
     ({"gpu-sizing": 3}, ["gpu-sizing: must be an enforcement level or an object"]),
     ({"all": {"enforcementLevel": "off"}}, ["all.enforcementLevel: 'off' is not one of"]),
     ([1, 2], ["must hold a JSON object, got a list"]),
+    ({"capacity-reservation-match": {"reservations": {"cr-0123456789abcdef0": "x"}}},
+     ["capacity-reservation-match.reservations.cr-0123456789abcdef0: 'x' is not of type 'object'"]),
 ])
 def test_policy_config_is_checked_against_levels_and_schemas(tmp_path, capsys, config, fragments):
     path = tmp_path / "policy.json"
@@ -369,6 +378,12 @@ R1 = _catalog_config("deepseek-r1")
     ({**LLAMA_8B, "quantization_config": "fp8"}, ["quantization_config: must be an object"]),
     ({**LLAMA_8B, "model_type": ["llama"]}, ["unsupported model_type ['llama']"]),
     ([LLAMA_8B], ["config.json must hold a JSON object, got list"]),
+    ({**LLAMA_8B, "num_local_experts": "8", "num_experts_per_tok": 2}, ["num_local_experts: '8' routed experts"]),
+    ({**LLAMA_8B, "num_local_experts": 8.0}, ["num_local_experts: 8.0 routed experts"]),
+    ({**LLAMA_8B, "moe_num_experts": 64, "moe_k": 8}, ["moe_num_experts: 64 routed experts"]),
+    ({**LLAMA_8B, "num_experts_per_tok": 2, "moe_intermediate_size": 1408}, ["num_experts_per_tok: 2: a mixture"]),
+    ({**LLAMA_8B, "text_config": {"num_local_experts": 8}}, ["text_config: a nested text_config"]),
+    ({**LLAMA_8B, "torch_dtype": "float64"}, ["torch_dtype: 'float64' is not a checkpoint dtype"]),
 ])
 def test_bad_model_configs_are_refused(tmp_path, capsys, config, fragments):
     path = tmp_path / "config.json"
@@ -404,6 +419,9 @@ def test_model_config_files_are_bounded(tmp_path, capsys):
     (["--gpu-memory-utilization", "inf"], "--gpu-memory-utilization: must be a finite number"),
     (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: must be at most 1"),
     (["--precision", "fp4"], "invalid choice: 'fp4'"),
+    (["--gpus-per-node", "2"], "--gpus-per-node: needs --gpu"),
+    (["--gpus", "8"], "unrecognized arguments: --gpus 8"),
+    (["--gpu", "h100", "--gpus-per-node", "1", "--ttft-p99", "0.1"], "--ttft-p99: is the planner's SLA"),
 ])
 def test_impossible_size_arguments_are_refused(tmp_path, capsys, argv, fragment):
     code, _, err = cli("size", "deepseek-r1-distill-llama-8b", *argv, cwd=tmp_path, capsys=capsys)

@@ -17,7 +17,10 @@ def parse_duration(text: str, flag: str) -> timedelta:
     if not match or not any(match.groupdict().values()):
         raise InputError([Problem(flag, f"{text!r} is not a duration (examples: 8h, 90m, 1d12h)")])
     parts = {key: int(value or 0) for key, value in match.groupdict().items()}
-    duration = timedelta(days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
+    try:
+        duration = timedelta(days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
+    except OverflowError:  # 99999999999h: far past any bound below
+        raise InputError([Problem(flag, f"{text[:40]!r} is longer than {MAX_DURATION.days} days")]) from None
     if duration <= timedelta(0):
         raise InputError([Problem(flag, f"must be longer than 0, got {text!r}")])
     if duration > MAX_DURATION:

@@ -128,6 +128,9 @@ spot_pools = ResourceValidationPolicy(
 
 RESERVATION_SCHEMA = schema(reservations={
     "type": "object", "default": {},
+    "additionalProperties": {"type": "object", "additionalProperties": False,
+                             "properties": {"instance_type": {"type": "string"},
+                                            "availability_zone": {"type": "string"}}},
     "description": "Known reservations: {cr-id: {instance_type, availability_zone}} (checked when listed)"})
 
 
