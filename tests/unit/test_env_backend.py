@@ -196,3 +196,15 @@ def test_a_team_backend_on_s3_carries_the_whole_lifecycle(tmp_path, monkeypatch)
         rc, out = env("reap", "--yes")
         assert rc == 0 and "reap destroy t: expired" in out
         assert json.loads(env("ls", "--json")[1]) == []
+
+
+def test_a_file_backend_that_is_a_file_or_under_one_is_refused_before_any_work(tmp_path):
+    from gpuinfra.environments.backend import open_store
+    from gpuinfra.errors import InputError
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    for url in (f"file://{taken}", f"file://{taken}/state"):
+        with pytest.raises(InputError, match="is not a directory"):
+            open_store(url)
+    assert taken.read_text() == "not a directory"

@@ -153,6 +153,11 @@ def open_store(url: str) -> Store:
         path = Path(os.path.expanduser(parsed.netloc + parsed.path)) if parsed.netloc in ("", "~") else None
         if path is None or not str(path).startswith("/"):
             raise InputError([Problem("--backend", f"{url!r}: use file:///absolute/path or file://~/path")])
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise InputError([Problem("--backend", f"{url!r}: {existing} is not a directory")])
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError([Problem("--backend", f"{url!r}: {existing} is not writable")])
         return FileStore(path, url)
     if parsed.scheme == "s3" and parsed.netloc:
         region = (parse_qs(parsed.query).get("region") or [None])[0]
