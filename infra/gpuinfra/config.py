@@ -304,7 +304,7 @@ def _cross_field_problems(config: ClusterConfig) -> list[Problem]:
             problems.append(Problem("nodes", f"{config.nodes} is not a whole number of copies of "
                                              f"nodes_per_copy {config.nodes_per_copy}"))
         problems += spanning_problems(config, config.nodes_per_copy)
-    if config.availability_zone and not zone_in_region(config.availability_zone, config.region):
+    if config.availability_zone is not None and not zone_in_region(config.availability_zone, config.region):
         problems.append(Problem("availability_zone", f"{config.availability_zone!r} is not a zone of region "
                                                      f"{config.region} (zones are {config.region}a, "
                                                      f"{config.region}b, ...)"))

@@ -467,3 +467,19 @@ def test_a_real_process_reports_bad_input_without_a_traceback(argv):
     result = subprocess.run([str(GPUINFRA), *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["env", "reap", "--region", "zz-nowhere-9"], "--region: 'zz-nowhere-9' is not an AWS region"),
+    (["env", "reap", "--region", "{{x}}"], "--region: '{{x}}' is not an AWS region"),
+    (["env", "up", "dev-7b", "--name", "t1", "--budget", "50", "--owner="], "--owner: is empty"),
+    (["env", "up", "dev-7b", "--name", "t1", "--ttl", "99999999999h", "--budget", "50"], "is longer than 365 days"),
+    (["plan", "eks-70b", "--set", 'target.monitoring="no"'], "cluster.target.eks.monitoring"),
+    (["plan", "dev-7b", "--set", 'availability_zone=""'], "cluster.availability_zone: '' is not a zone"),
+])
+def test_probe_findings_are_refused(tmp_path, capsys, argv, fragment):
+    if argv[0] == "env":
+        argv = [*argv, "--engine", "standin", "--backend", f"file://{tmp_path / 'state'}"]
+    code, _, err = cli(*argv, cwd=tmp_path, capsys=capsys)
+    expect(code, err, 2, fragment)
+

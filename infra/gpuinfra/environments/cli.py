@@ -147,6 +147,8 @@ def up_request(args: argparse.Namespace):
     from gpuinfra.environments.lifecycle import UpRequest
 
     problems = name_problems(args.name)
+    if args.owner is not None and not args.owner.strip():
+        problems.append(Problem("--owner", "is empty; name who answers for the environment, or leave the flag out"))
     owner = args.owner or os.environ.get("USER") or getpass.getuser()
     problems += owner_problems(owner)
     if bool(args.template) == bool(args.stack_file):
@@ -259,6 +261,11 @@ def _down(args: argparse.Namespace, ctx, out) -> int:
 def reap_regions(ctx, given: list[str]) -> list[str]:
     """Where orphans may be: the regions asked for, else every environment's and every template's region."""
     if given:
+        from gpuinfra.catalog import region_problem
+
+        problems = [Problem("--region", problem) for problem in map(region_problem, given) if problem]
+        if problems:
+            raise InputError(problems)
         return given
     from gpuinfra.config import STACKS_DIR, ClusterConfig, load_stack
 

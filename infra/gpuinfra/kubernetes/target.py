@@ -26,7 +26,7 @@ REASONING_MODEL_PREFIXES = ("deepseek-r1",)
 class TargetModel(BaseModel):
     """Unknown keys are errors; values are frozen once parsed (the same rules as gpuinfra.config)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Ec2Target(TargetModel):
