@@ -8,7 +8,15 @@ from functools import cache
 
 import pytest
 from gpu_guardrails import POLICIES
-from gpu_guardrails.kubernetes import k8s_autoscaler, k8s_efa, k8s_gpu_limits, k8s_privileged, k8s_shm, pod_templates
+from gpu_guardrails.kubernetes import (
+    k8s_autoscaler,
+    k8s_efa,
+    k8s_gpu_limits,
+    k8s_node_pool,
+    k8s_privileged,
+    k8s_shm,
+    pod_templates,
+)
 from gpu_guardrails.offline import run_policies
 from gpuinfra.plan import resolve_stack
 from gpuinfra.preview import RecordedResource, run_offline
@@ -50,7 +58,7 @@ def templates(resource: RecordedResource) -> list[dict]:
 def test_the_rules_are_in_the_pack():
     names = {p.name for p in POLICIES}
     assert {"k8s-gpu-limits", "k8s-shm-for-multi-gpu", "k8s-efa-on-every-pod", "k8s-no-privileged-pods",
-            "k8s-autoscaler-metric"} <= names
+            "k8s-autoscaler-metric", "k8s-karpenter-gpu-limit"} <= names
 
 
 @pytest.mark.parametrize("stack", ["eks-70b", "eks-r1"])
@@ -126,3 +134,60 @@ def test_two_autoscalers_or_an_e2e_metric_for_a_reasoning_model_are_refused():
     templates(workload)[0]["metadata"]["annotations"]["gpuinfra.io/autoscaling-metric"] = "e2e-p90"
     messages = [v["message"] for v in run_policies(everything, policies=[k8s_autoscaler])]
     assert any("reasoning model" in m for m in messages)
+
+
+KARPENTER = "target.node_provisioning=karpenter"
+
+
+def node_pool(stack: str = "eks-r1", *sets: str) -> RecordedResource:
+    return next(r for r in resources(stack, KARPENTER, *sets) if r.type.endswith(":NodePool"))
+
+
+@pytest.mark.parametrize("stack", ["eks-70b", "eks-r1"])
+def test_karpenter_and_blue_green_objects_pass_every_kubernetes_rule(stack):
+    for sets in ((KARPENTER,), ("target.rollout.strategy=blue-green", "nodes=4", "target.autoscaling.min_replicas=1",
+                                "target.autoscaling.max_replicas=1")):
+        everything = resources(stack, *sets)
+        for policy in [*KUBERNETES_RULES, k8s_autoscaler, k8s_node_pool]:
+            assert run_policies(everything, policies=[policy]) == [], (policy.name, sets)
+
+
+def test_a_gpu_node_pool_without_a_gpu_limit_is_refused():
+    pool = node_pool()
+    del pool.inputs["spec"]["limits"]["nvidia.com/gpu"]
+    (message,) = check(k8s_node_pool, pool)
+    assert "without a whole-number nvidia.com/gpu limit" in message
+    pool = node_pool()
+    pool.inputs["spec"]["limits"]["nvidia.com/gpu"] = "many"
+    assert any("whole-number" in m for m in check(k8s_node_pool, pool))
+
+
+def test_a_gpu_limit_above_the_budget_is_refused():
+    # $400/h pays for 7 p5.48xlarge at $55.04: 56 GPUs. The program sets 48 (whole copies of 2 nodes); the rule
+    # holds the weaker bound, whole instances, so 56 passes and 64 does not.
+    pool = node_pool()
+    pool.inputs["spec"]["limits"]["nvidia.com/gpu"] = 56
+    assert check(k8s_node_pool, pool) == []
+    pool.inputs["spec"]["limits"]["nvidia.com/gpu"] = 64
+    (message,) = check(k8s_node_pool, pool)
+    assert "more than $400.00/h pays for on p5.48xlarge: 7 x 8 = 56 GPUs" in message
+    pool.inputs["metadata"]["annotations"]["gpuinfra.io/hourly-budget-usd"] = "lots"
+    assert any("is not a number" in m for m in check(k8s_node_pool, pool))
+
+
+def test_an_untainted_gpu_pool_is_refused_and_a_cpu_pool_is_not_checked():
+    pool = node_pool()
+    pool.inputs["spec"]["template"]["spec"]["taints"] = []
+    (message,) = check(k8s_node_pool, pool)
+    assert "no nvidia.com/gpu:NoSchedule taint" in message
+    pool = node_pool()  # a pool selecting GPUs by count, not type, still needs a limit
+    pool.inputs["spec"]["template"]["spec"]["requirements"] = [
+        {"key": "karpenter.k8s.aws/instance-gpu-count", "operator": "Gt", "values": ["0"]}]
+    del pool.inputs["spec"]["limits"]["nvidia.com/gpu"]
+    assert any("without a whole-number" in m for m in check(k8s_node_pool, pool))
+    pool = node_pool()
+    spec = pool.inputs["spec"]
+    spec["template"]["spec"]["requirements"][0]["values"] = ["m7i.large"]
+    spec["template"]["spec"]["taints"] = []
+    spec["limits"] = {"cpu": 100}
+    assert check(k8s_node_pool, pool) == []

@@ -20,6 +20,14 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHECKOV.exists(), reason="scripts/bootstrap.sh test installs .venv-tools")]
 
 
+# The shipped stacks, and the other node provisioning and rollout: Karpenter's NodePools and EC2NodeClasses
+# (checkov has no checks for them, they must not fail any), two colours of StatefulSets and LeaderWorkerSets.
+VARIANTS = [("eks-70b", ()), ("eks-r1", ()), ("eks-r1", ("target.node_provisioning=karpenter",)),
+            ("eks-70b", ("target.rollout.strategy=blue-green", "nodes=2", "target.autoscaling.max_replicas=4")),
+            ("eks-r1", ("target.rollout.strategy=blue-green", "target.autoscaling.min_replicas=1",
+                        "target.autoscaling.max_replicas=1"))]
+
+
 def lws_pods(manifest: dict) -> list[dict]:
     group = manifest["spec"]["leaderWorkerTemplate"]
     return [{"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -31,8 +39,8 @@ def lws_pods(manifest: dict) -> list[dict]:
 
 def test_checkov_passes_every_rendered_object(tmp_path):
     documents = []
-    for stack in ("eks-70b", "eks-r1"):
-        documents += kubernetes_objects(run_offline(resolve_stack(stack)).resources)
+    for stack, sets in VARIANTS:
+        documents += kubernetes_objects(run_offline(resolve_stack(stack, sets=list(sets))).resources)
     documents += [pod for d in documents if d["kind"] == "LeaderWorkerSet" for pod in lws_pods(d)]
     write_manifests(documents, tmp_path / "manifests")
     done = subprocess.run([str(CHECKOV), "-d", str(tmp_path / "manifests"), "--framework", "kubernetes",
@@ -49,6 +57,7 @@ def test_checkov_passes_every_rendered_object(tmp_path):
             if key.startswith("checkov.io/skip"):
                 check, _, reason = value.partition("=")
                 assert check.startswith("CKV") and len(reason) > 30, value
+    assert {"NodePool", "EC2NodeClass"} <= {d["kind"] for d in documents}
     serving = [d for d in documents if d["kind"] in ("StatefulSet", "Pod")]
     assert serving and all("checkov.io/skip1" in d["metadata"]["annotations"] for d in serving)
     assert yaml.safe_load((next((tmp_path / "manifests").iterdir())).read_text())

@@ -26,6 +26,13 @@ ROOT_DEVICE = "/dev/sda1"
 # OS, drivers, CUDA, container images, logs. The weights never live here: the sizing engine refuses a type
 # whose instance store cannot hold them (reason code `nvme`), and the RAID unit mounts that store for them.
 BASE_ROOT_GIB = 200
+ROOT_VOLUME_TYPE, ROOT_IOPS, ROOT_THROUGHPUT_MIBPS = "gp3", 6000, 500  # gp3 above its baseline: image pulls
+IMDS_HOP_LIMIT = 2  # IMDSv2 tokens reach containers one hop from the host (the CNI, the device plugins)
+
+
+def root_volume_gib(configured: int | None) -> int:
+    """The root EBS volume: the stack's root_volume_gib, else the OS's BASE_ROOT_GIB."""
+    return configured or BASE_ROOT_GIB
 
 
 def resource_suffix(instance_type: str) -> str:
@@ -94,13 +101,13 @@ def gpu_launch_template(name: str, instance: InstanceType, evaluation: Evaluatio
         if spec.instance_profile_arn is not None else None,
         key_name=spec.ssh_key_name,
         metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2,
+            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=IMDS_HOP_LIMIT,
             instance_metadata_tags="enabled"),
         block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
             device_name=spec.root_device,
             ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                volume_size=spec.root_volume_gib or BASE_ROOT_GIB, volume_type="gp3",
-                iops=6000, throughput=500, encrypted="true", delete_on_termination="true"))],
+                volume_size=root_volume_gib(spec.root_volume_gib), volume_type=ROOT_VOLUME_TYPE,
+                iops=ROOT_IOPS, throughput=ROOT_THROUGHPUT_MIBPS, encrypted="true", delete_on_termination="true"))],
         network_interfaces=interfaces,
         placement=aws.ec2.LaunchTemplatePlacementArgs(group_name=spec.placement_group_name)
         if spec.placement_group_name is not None else None,

@@ -29,8 +29,13 @@ class Declared(Protocol):
     inputs: dict[str, Any]
 
 
+# A Helm release is one opaque resource (chart, version, values), not an object the API server receives:
+# `--json` lists it, `--manifests` has no file for it.
+NOT_OBJECTS = ("kubernetes:helm.sh/v3:Release",)
+
+
 def is_kubernetes_object(resource_type: str) -> bool:
-    return resource_type.startswith("kubernetes:") and not resource_type.startswith("pulumi:providers:")
+    return resource_type.startswith("kubernetes:") and resource_type not in NOT_OBJECTS
 
 
 def _sorted(value: Any) -> Any:

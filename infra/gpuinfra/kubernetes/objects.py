@@ -23,6 +23,7 @@ from gpuinfra.request import ANNOTATION_PREFIX, ServingRequest
 ANNOTATION = ANNOTATION_PREFIX.rstrip("/")
 RDMA_ANNOTATION = f"{ANNOTATION}/rdma"
 ROLE_LABEL = f"{ANNOTATION}/role"
+COLOUR_LABEL = f"{ANNOTATION}/colour"  # blue-green: which serving set a pod, Service or autoscaler belongs to
 JOB_LABEL = f"{ANNOTATION}/job"  # the ServiceMonitors' jobLabel: `job` is "inference", as in the Ansible scrape
 RUN_AS = 10001  # a high UID, not one a node's users have (checkov CKV_K8S_40)
 STAGER_DIR = "/opt/gpuinfra"
@@ -77,6 +78,17 @@ def network_policy_spec(cluster: ResolvedCluster, pods: PodPlan) -> dict[str, An
 def app_labels(cluster: ResolvedCluster) -> dict[str, str]:
     return {"app.kubernetes.io/name": "gpuinfra-serving", "app.kubernetes.io/instance": cluster.stack,
             "app.kubernetes.io/managed-by": "gpuinfra"}
+
+
+def set_labels(cluster: ResolvedCluster, colour: str | None) -> dict[str, str]:
+    """The labels of one serving set: the app's, plus its colour under blue-green."""
+    return {**app_labels(cluster), **({COLOUR_LABEL: colour} if colour else {})}
+
+
+def colour_pods(cluster: ResolvedCluster, pods: PodPlan, colour: str | None) -> PodPlan:
+    """The pod plan of one serving set: a colour may run its own image (the release it is trying out)."""
+    image = getattr(cluster.config.target.rollout.images, colour) if colour else None
+    return pods.model_copy(update={"image": image}) if image else pods
 
 
 def request_annotations(cluster: ResolvedCluster, pods: PodPlan) -> dict[str, str]:
@@ -207,9 +219,11 @@ def engine_container(cluster: ResolvedCluster, pods: PodPlan, *, leader: bool) -
 
 
 def pod_template(cluster: ResolvedCluster, pods: PodPlan, *, stager_config_map: str, service_account: str,
-                 role: str) -> dict[str, Any]:
-    """One pod of the model: `role` is leader (a StatefulSet pod, or rank 0 of a group) or worker."""
+                 role: str, colour: str | None = None) -> dict[str, Any]:
+    """One pod of the model: `role` is leader (a StatefulSet pod, or rank 0 of a group) or worker; COLOUR
+    the serving set under blue-green (its image may differ)."""
     leader = role == "leader"
+    pods = colour_pods(cluster, pods, colour)
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
@@ -225,7 +239,7 @@ def pod_template(cluster: ResolvedCluster, pods: PodPlan, *, stager_config_map: 
         "containers": [engine_container(cluster, pods, leader=leader)],
         "volumes": volumes(pods, stager_config_map),
     }
-    labels = {**app_labels(cluster), ROLE_LABEL: role, JOB_LABEL: "inference"}
+    labels = {**set_labels(cluster, colour), ROLE_LABEL: role, JOB_LABEL: "inference"}
     return {"metadata": {"labels": labels, "annotations": request_annotations(cluster, pods)}, "spec": spec}
 
 
@@ -250,11 +264,11 @@ def claim_templates(cluster: ResolvedCluster, pods: PodPlan) -> list[dict[str, A
 
 
 def stateful_set_spec(cluster: ResolvedCluster, pods: PodPlan, *, name: str, template: dict[str, Any],
-                      service_name: str) -> dict[str, Any]:
+                      service_name: str, colour: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "serviceName": service_name,
         "podManagementPolicy": "Parallel",  # copies are independent: start them together
-        "selector": {"matchLabels": {**app_labels(cluster), ROLE_LABEL: "leader"}},
+        "selector": {"matchLabels": {**set_labels(cluster, colour), ROLE_LABEL: "leader"}},
         "template": template,
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": partition(cluster, pods)}},
     }
@@ -282,9 +296,11 @@ def leader_worker_set_spec(cluster: ResolvedCluster, pods: PodPlan, *, leader: d
     return spec
 
 
-def service_spec(cluster: ResolvedCluster, pods: PodPlan, *, headless: bool) -> dict[str, Any]:
-    """The clients' Service selects leaders only (rank 0 serves the API); the headless one names the pods."""
-    selector = {**app_labels(cluster), ROLE_LABEL: "leader"}
+def service_spec(cluster: ResolvedCluster, pods: PodPlan, *, headless: bool,
+                 colour: str | None = None) -> dict[str, Any]:
+    """The clients' Service selects leaders only (rank 0 serves the API), of COLOUR's set under blue-green
+    (the active one for the clients' Service); the headless one names the pods of every set."""
+    selector = {**set_labels(cluster, colour), ROLE_LABEL: "leader"}
     spec: dict[str, Any] = {"selector": selector, "ports": [{"name": "http", "port": pods.port,
                                                            "targetPort": "http", "protocol": "TCP"}]}
     if headless:
@@ -294,8 +310,10 @@ def service_spec(cluster: ResolvedCluster, pods: PodPlan, *, headless: bool) -> 
     return spec
 
 
-def disruption_budget_spec(cluster: ResolvedCluster) -> dict[str, Any]:
-    return {"maxUnavailable": 1, "selector": {"matchLabels": app_labels(cluster)}}
+def disruption_budget_spec(cluster: ResolvedCluster, colour: str | None = None) -> dict[str, Any]:
+    """One pod (group member) of each serving set down at a time; under blue-green each colour serves on its own
+    (the idle one is the fallback), so each has its budget."""
+    return {"maxUnavailable": 1, "selector": {"matchLabels": set_labels(cluster, colour)}}
 
 
 def scaling_behavior(pods: PodPlan) -> dict[str, Any]:

@@ -15,7 +15,13 @@ from gpuinfra.config import ResolvedCluster
 from gpuinfra.contract import stack_contract
 from gpuinfra.kubernetes.addons import GpuAddons, GpuAddonsArgs
 from gpuinfra.kubernetes.monitoring import ServingMonitoring, ServingMonitoringArgs
-from gpuinfra.kubernetes.serving_plan import PodPlan, check_kubernetes_target, replica_bounds
+from gpuinfra.kubernetes.serving_plan import (
+    PodPlan,
+    check_kubernetes_target,
+    colours,
+    node_pool_gpu_limit,
+    replica_bounds,
+)
 from gpuinfra.kubernetes.target import EksTarget
 from gpuinfra.kubernetes.workload import ModelServing, ModelServingArgs
 
@@ -23,11 +29,21 @@ from gpuinfra.kubernetes.workload import ModelServing, ModelServingArgs
 def kubernetes_contract(cluster: ResolvedCluster, pods: PodPlan) -> dict[str, Any]:
     target = cluster.config.target
     fewest, most = replica_bounds(cluster, pods)
-    return {"kind": target.kind, "version": target.version, "namespace": target.namespace,
-            "workload": "StatefulSet" if pods.group_size == 1 else "LeaderWorkerSet",
-            "service": f"gpuinfra-{cluster.stack}.{target.namespace}.svc", "port": pods.port,
-            "replicas": {"min": fewest, "max": most}, "autoscaler": target.autoscaling.kind,
-            "pod": pods.model_dump(mode="json", exclude={"serving", "leader_argv", "worker_argv"})}
+    rollout: dict[str, Any] = {"strategy": target.rollout.strategy}
+    if len(colours(cluster)) > 1:
+        rollout.update({"active": target.rollout.active, "sets": {
+            colour: f"gpuinfra-{cluster.stack}-{colour}.{target.namespace}.svc" for colour in colours(cluster)}})
+    contract = {"kind": target.kind, "version": target.version, "namespace": target.namespace,
+                "workload": "StatefulSet" if pods.group_size == 1 else "LeaderWorkerSet",
+                "service": f"gpuinfra-{cluster.stack}.{target.namespace}.svc", "port": pods.port,
+                "replicas": {"min": fewest, "max": most}, "autoscaler": target.autoscaling.kind, "rollout": rollout,
+                "pod": pods.model_dump(mode="json", exclude={"serving", "leader_argv", "worker_argv"})}
+    if isinstance(target, EksTarget):
+        contract["node_provisioning"] = target.node_provisioning
+        if target.node_provisioning == "karpenter":
+            contract["node_pool_gpu_limits"] = {i.name: node_pool_gpu_limit(cluster, pods, i)
+                                                for i in cluster.instance_types}
+    return contract
 
 
 def eks_cluster(cluster: ResolvedCluster, pods: PodPlan, tags: dict[str, str], serving: dict[str, str],
@@ -61,8 +77,21 @@ def eks_cluster(cluster: ResolvedCluster, pods: PodPlan, tags: dict[str, str], s
         cluster=cluster, pods=pods, control_plane_subnet_ids=[*network.node_subnet_ids,
                                                                *network.load_balancer_subnet_ids],
         node_subnet_ids=network.node_subnet_ids, node_security_group_id=network.node_security_group_id,
-        node_role_name=identity.role_name, node_role_arn=identity.role_arn, tags={**tags, **serving}), opts=top)
+        node_role_name=identity.role_name, node_role_arn=identity.role_arn, tags={**tags, **serving},
+        system_tags=tags), opts=top)
     k8s_provider = k8s.Provider(f"{name}-k8s", kubeconfig=eks.kubeconfig, enable_server_side_apply=True)
+    if eks.karpenter is not None:
+        from gpuinfra.kubernetes.eks import ROOT_DEVICE, node_user_data_text
+        from gpuinfra.kubernetes.karpenter import KarpenterNodePools, KarpenterNodePoolsArgs, NodeClassInputs
+
+        inputs = NodeClassInputs(role=identity.role_name, subnet_ids=network.node_subnet_ids,
+                                 security_group_ids=eks.gpu_security_group_ids,
+                                 placement_group=eks.placement_group_name, user_data=node_user_data_text(),
+                                 tags={**tags, **serving})
+        KarpenterNodePools(f"{name}-karpenter", KarpenterNodePoolsArgs(
+            cluster=cluster, pods=pods, inputs=inputs, cluster_name=eks.cluster_name,
+            queue_name=eks.karpenter.queue_name, root_device=ROOT_DEVICE), opts=pulumi.ResourceOptions(
+            providers={"kubernetes": k8s_provider}, depends_on=[eks.karpenter.system_node_group]))
     outputs = {"availability_zones": node_zones or None, "vpc_id": network.vpc_id, "eks_cluster_name":
                eks.cluster_name, "node_group_names": eks.node_group_names, "node_role_name": identity.role_name}
     return k8s_provider, outputs

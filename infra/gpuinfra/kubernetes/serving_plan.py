@@ -15,12 +15,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuinfra.boot import DEFAULT_MOUNT
-from gpuinfra.catalog import find_model, load_catalog
+from gpuinfra.catalog import InstanceType, find_model, load_catalog
 from gpuinfra.config import ResolvedCluster
 from gpuinfra.contract import serving_plan
 from gpuinfra.efa import efa_interfaces
 from gpuinfra.errors import InfeasibleError, InputError, Problem
-from gpuinfra.kubernetes.target import ClusterTarget, EksTarget, cache_kind
+from gpuinfra.kubernetes.target import COLOURS, ClusterTarget, EksTarget, cache_kind
 from gpuinfra.serving_command import serve_argv
 from gpuinfra.sizing import GIB, HOST_RAM_PER_GPU_GIB, VCPUS_PER_GPU
 
@@ -157,21 +157,52 @@ def nodes_for(pods: PodPlan, copies: int) -> int:
     return math.ceil(copies / pods.pods_per_node) * pods.group_size
 
 
-def max_copies_within_budget(cluster: ResolvedCluster, pods: PodPlan) -> int | None:
-    """The most copies whose nodes, at the dearest approved type, stay within the hourly budget."""
+def colours(cluster: ResolvedCluster) -> list[str | None]:
+    """The serving sets: blue and green under blue-green, else one (None: no colour)."""
+    return list(COLOURS) if cluster.config.target.rollout.strategy == "blue-green" else [None]
+
+
+def serving_nodes(cluster: ResolvedCluster, pods: PodPlan, copies: int) -> int:
+    """Nodes that COPIES copies of every serving set need (each colour on nodes of its own: a colour's pods
+    may share a node with the other's, but the budget must not count on it)."""
+    return len(colours(cluster)) * nodes_for(pods, copies)
+
+
+def affordable_nodes(budget: float, usd_per_hour: float, group_size: int) -> int:
+    """Whole copies' nodes (multiples of GROUP_SIZE) of one type that BUDGET $/h pays for."""
+    return int(budget // (usd_per_hour * group_size)) * group_size
+
+
+def max_nodes_within_budget(cluster: ResolvedCluster, pods: PodPlan) -> int | None:
+    """The most serving nodes, at the dearest approved type, that stay within the hourly budget."""
     budget = cluster.config.hourly_budget_usd
     prices = [i.price.usd_per_hour for i in cluster.instance_types]
     if budget is None or None in prices:
         return None
-    node_price = max(p for p in prices if p is not None)
-    return int(budget // (node_price * pods.group_size)) * pods.pods_per_node
+    return affordable_nodes(budget, max(p for p in prices if p is not None), pods.group_size)
+
+
+def node_pool_gpu_limit(cluster: ResolvedCluster, pods: PodPlan, instance: InstanceType) -> int:
+    """A Karpenter NodePool's nvidia.com/gpu limit: the GPUs of the whole copies of INSTANCE the budget pays
+    for. Infeasible (exit 1) when that is not even one copy."""
+    budget = cluster.config.hourly_budget_usd
+    price = instance.price.usd_per_hour
+    assert budget is not None  # karpenter_problems refuses karpenter without a budget
+    nodes = affordable_nodes(budget, price, pods.group_size) if price is not None else 0
+    if nodes < pods.group_size:
+        why = "has no catalog price" if price is None else f"costs ${price:.2f}/h a node"
+        raise InfeasibleError([Problem("cluster.hourly_budget_usd", f"{instance.name} {why}: ${budget:.2f}/h pays "
+                                       f"for no whole copy of {pods.group_size} node(s), so its Karpenter NodePool "
+                                       "could launch nothing")])
+    return nodes * instance.gpus
 
 
 def replica_bounds(cluster: ResolvedCluster, pods: PodPlan) -> tuple[int, int]:
-    """(fewest, most) serving copies: the autoscaler's bounds, or the pool's fixed count without one."""
+    """(fewest, most) serving copies of one serving set: the autoscaler's bounds, or without one the pool's
+    fixed count (split between the colours under blue-green)."""
     scaling = cluster.config.target.autoscaling
     if scaling.kind == "none":
-        fixed = cluster.config.nodes // pods.group_size * pods.pods_per_node
+        fixed = cluster.config.nodes // (pods.group_size * len(colours(cluster))) * pods.pods_per_node
         return fixed, fixed
     return scaling.min_replicas, scaling.max_replicas
 
@@ -187,10 +218,38 @@ def check_kubernetes_target(cluster: ResolvedCluster) -> PodPlan:
                                   f"{fewest} copies of {pods.group_size} node(s) x {pods.gpus} GPUs need "
                                   f"{nodes_for(pods, fewest)} nodes ({pods.pods_per_node} per node), but the stack "
                                   f"has nodes: {config.nodes}")])
-    affordable = max_copies_within_budget(cluster, pods)
-    if affordable is not None and most > affordable:
+    affordable = max_nodes_within_budget(cluster, pods)
+    if affordable is not None and nodes_for(pods, most) > affordable:
+        copies = affordable // pods.group_size * pods.pods_per_node
         raise InfeasibleError([Problem("cluster.target.autoscaling.max_replicas",
                                        f"{most} copies need {nodes_for(pods, most)} x {pods.instance_types[0]}-class "
                                        f"nodes, over the ${config.hourly_budget_usd:.2f}/h budget, which pays for "
-                                       f"{affordable} copies")])
+                                       f"{copies} copies")])
+    if len(colours(cluster)) > 1:
+        check_blue_green(cluster, pods, fewest, most)
     return pods
+
+
+def check_blue_green(cluster: ResolvedCluster, pods: PodPlan, fewest: int, most: int) -> None:
+    """Both colours run at once: their fewest copies must fit the stack's nodes (what it provisions and what
+    `gpuinfra env up` checks against the account's vCPU quota), and their most within the budget."""
+    config = cluster.config
+    where = "cluster.target.rollout.strategy"
+    if fewest < 1:
+        raise InputError([Problem(where, f"blue-green with autoscaling kind none splits nodes: {config.nodes} between "
+                                         f"two colours, which leaves no whole copy of {pods.group_size} node(s) "
+                                         "each")])
+    both = serving_nodes(cluster, pods, fewest)
+    if both > config.nodes:
+        raise InputError([Problem(where, f"blue-green runs both colours at once: 2 x {fewest} copies need {both} "
+                                         f"nodes, but the stack has nodes: {config.nodes} (the nodes it provisions "
+                                         "and the quota `gpuinfra env up` checks); raise nodes or use canary")])
+    affordable = max_nodes_within_budget(cluster, pods)
+    peak = serving_nodes(cluster, pods, most)
+    if affordable is not None and peak > affordable:
+        gpus = peak * min(i.gpus for i in cluster.instance_types)
+        dearest = max(cluster.instance_types, key=lambda i: i.price.usd_per_hour or 0.0).name
+        raise InfeasibleError([Problem(where, f"blue-green may run both colours at max_replicas {most}: 2 x "
+                                              f"{nodes_for(pods, most)} x {dearest} nodes "
+                                              f"({gpus} GPUs), over the ${config.hourly_budget_usd:.2f}/h budget, "
+                                              f"which pays for {affordable} nodes; lower max_replicas or use canary")])

@@ -55,11 +55,26 @@ class Autoscaling(TargetModel):
                                 description="KEDA only: the Prometheus its triggers query")
 
 
+COLOURS = ("blue", "green")
+
+
+class ColourImages(TargetModel):
+    blue: str | None = Field(None, pattern=IMAGE, description="blue-green: the blue set's image; default target.image")
+    green: str | None = Field(None, pattern=IMAGE,
+                              description="blue-green: the green set's image; default target.image")
+
+
 class Rollout(TargetModel):
-    strategy: Literal["rolling", "canary"] = Field(
+    strategy: Literal["rolling", "canary", "blue-green"] = Field(
         "rolling", description="rolling: one pod (group) at a time; canary: only the highest ordinals take a new "
-                               "template (the rollout partition)")
+                               "template (the rollout partition); blue-green: two complete serving sets, the "
+                               "Service on the active one (needs twice the GPUs within the budget and nodes)")
     canary_replicas: int = Field(1, ge=1, le=100, description="canary: copies that run the new template")
+    active: Literal["blue", "green"] = Field("blue", description="blue-green: the colour the Service sends "
+                                                                 "traffic to; switching it is the cut-over")
+    images: ColourImages = Field(default_factory=ColourImages,
+                                 description="blue-green: each colour's serving image (the new release goes to "
+                                             "the idle colour first)")
 
 
 class WeightsCache(TargetModel):
@@ -95,6 +110,10 @@ class KubernetesTarget(TargetModel):
 
 class EksTarget(KubernetesTarget):
     kind: Literal["eks"] = Field(description="Create an EKS cluster with one GPU node group per approved type")
+    node_provisioning: Literal["managed-node-groups", "karpenter"] = Field(
+        "managed-node-groups", description="managed-node-groups: one EKS managed node group per approved type; "
+                                           "karpenter: one Karpenter NodePool and EC2NodeClass per approved type, "
+                                           "GPUs limited by hourly_budget_usd (Karpenter installed by the stack)")
     public_endpoint: bool = Field(False, description="Expose the EKS API publicly (default: private only)")
 
 
@@ -139,6 +158,12 @@ def target_problems(config: Any) -> list[tuple[str, str]]:
                                                            "canary must leave old copies serving"))
     if target.image and target.image.endswith(":latest"):
         problems.append(("target.image", "pin a version or a digest, not :latest"))
+    problems += rollout_problems(rollout)
+    if rollout.strategy == "blue-green" and config.hourly_budget_usd is None:
+        problems.append(("hourly_budget_usd", "is required with target.rollout.strategy: blue-green: the plan must "
+                                              "show that twice the GPUs fit within it"))
+    if isinstance(target, EksTarget) and target.node_provisioning == "karpenter":
+        problems += karpenter_problems(config)
     cache = target.weights_cache
     if cache.storage_class and cache_kind(target) != "volume-claim":
         problems.append(("target.weights_cache.storage_class", "applies to kind: volume-claim only"))
@@ -148,4 +173,32 @@ def target_problems(config: Any) -> list[tuple[str, str]]:
     if isinstance(target, ClusterTarget) and config.capacity.type != "on-demand":
         problems.append(("capacity", "target kind kubernetes uses the cluster's existing nodes; capacity applies "
                                      "to nodes this stack creates (ec2, eks)"))
+    return problems
+
+
+def rollout_problems(rollout: Rollout) -> list[tuple[str, str]]:
+    """The blue-green keys mean nothing to another strategy: setting them there is a mistake, not a default."""
+    problems = []
+    if rollout.strategy != "blue-green":
+        for key in ("active", "images"):
+            if key in rollout.model_fields_set:
+                problems.append((f"target.rollout.{key}", f"applies to strategy blue-green only (strategy is "
+                                                          f"{rollout.strategy})"))
+    for colour in COLOURS:
+        image = getattr(rollout.images, colour)
+        if image and image.endswith(":latest"):
+            problems.append((f"target.rollout.images.{colour}", "pin a version or a digest, not :latest"))
+    return problems
+
+
+def karpenter_problems(config: Any) -> list[tuple[str, str]]:
+    """What Karpenter cannot do with this config: its NodePools' GPU limits come from the budget, and it
+    launches spot at the market price (no max price)."""
+    problems = []
+    if config.hourly_budget_usd is None:
+        problems.append(("hourly_budget_usd", "is required with target.node_provisioning: karpenter: each "
+                                              "NodePool's nvidia.com/gpu limit is the whole instances it pays for"))
+    if getattr(config.capacity, "max_price_usd_per_hour", None) is not None:
+        problems.append(("capacity.max_price_usd_per_hour", "Karpenter launches spot at the market price and "
+                                                            "takes no max price; drop it or use managed-node-groups"))
     return problems

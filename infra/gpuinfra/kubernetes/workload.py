@@ -15,8 +15,10 @@ from gpuinfra.boot import asset
 from gpuinfra.config import ResolvedCluster
 from gpuinfra.kubernetes.objects import (
     ANNOTATION,
+    JOB_LABEL,
     app_labels,
     autoscaler_spec,
+    colour_pods,
     disruption_budget_spec,
     leader_worker_set_spec,
     network_policy_spec,
@@ -24,9 +26,10 @@ from gpuinfra.kubernetes.objects import (
     scaled_object_spec,
     service_spec,
     serving_skips,
+    set_labels,
     stateful_set_spec,
 )
-from gpuinfra.kubernetes.serving_plan import PodPlan
+from gpuinfra.kubernetes.serving_plan import PodPlan, colours
 
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 KEDA_API = "keda.sh/v1alpha1"
@@ -48,6 +51,11 @@ def namespace_labels(pods: PodPlan) -> dict[str, str]:
             "pod-security.kubernetes.io/audit": "restricted", f"{ANNOTATION}/rdma": str(pods.rdma).lower()}
 
 
+def set_name(name: str, colour: str | None) -> str:
+    """A serving set's workload, Service, budget and autoscaler name: NAME, or NAME-COLOUR under blue-green."""
+    return f"{name}-{colour}" if colour else name
+
+
 class ModelServing(pulumi.ComponentResource):
     workload_kind: str
     service_name: str
@@ -67,43 +75,68 @@ class ModelServing(pulumi.ComponentResource):
                               data={STAGER: asset(STAGER)}, opts=inside)
         k8s.core.v1.Service(f"{name}-pods", metadata={"name": f"{name}-pods", **meta},
                             spec=service_spec(cluster, pods, headless=True), opts=inside)
-        k8s.core.v1.Service(f"{name}-api", metadata={"name": name, **meta, "labels": {
-            **labels, f"{ANNOTATION}/job": "inference"}}, spec=service_spec(cluster, pods, headless=False), opts=inside)
+        sets = colours(cluster)
+        # The clients' Service: the one serving set, or the active colour. Under blue-green the colours' own
+        # Services are the scraped ones (job=inference), so no pod is counted twice.
+        active = cluster.config.target.rollout.active if len(sets) > 1 else None
+        scraped = {} if active else {JOB_LABEL: "inference"}
+        k8s.core.v1.Service(f"{name}-api", metadata={"name": name, **meta, "labels": {**labels, **scraped}},
+                            spec=service_spec(cluster, pods, headless=False, colour=active), opts=inside)
         k8s.networking.v1.NetworkPolicy(f"{name}-ingress", metadata={"name": name, **meta},
                                         spec=network_policy_spec(cluster, pods), opts=inside)
-        target = self._workload(name, args, meta, inside)
-        k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata={"name": name, **meta},
-                                          spec=disruption_budget_spec(cluster), opts=inside)
-        self._autoscaler(name, args, meta, target, inside)
-        self.workload_kind = target["kind"]
+        for colour in sets:
+            self._serving_set(name, args, meta, colour, inside)
+        self.workload_kind = "StatefulSet" if pods.group_size == 1 else "LeaderWorkerSet"
         self.service_name = name
         self.register_outputs({"workload_kind": self.workload_kind, "service_name": self.service_name})
 
-    def _workload(self, name: str, args: ModelServingArgs, meta: dict[str, Any],
+    def _serving_set(self, name: str, args: ModelServingArgs, meta: dict[str, Any], colour: str | None,
+                     opts: pulumi.ResourceOptions) -> None:
+        """One complete serving set: its workload, disruption budget and autoscaler, and under blue-green its own
+        Service (to test the idle colour, and what Prometheus scrapes and KEDA queries)."""
+        cluster, pods = args.cluster, args.pods
+        own = set_name(name, colour)
+        meta = {**meta, "labels": set_labels(cluster, colour)}
+        service = name
+        if colour:
+            service = own
+            k8s.core.v1.Service(f"{own}-api", metadata={"name": own, **meta, "labels": {
+                **meta["labels"], JOB_LABEL: "inference"}}, spec=service_spec(cluster, pods, headless=False,
+                                                                               colour=colour), opts=opts)
+        target = self._workload(name, args, meta, colour, opts)
+        k8s.policy.v1.PodDisruptionBudget(f"{own}-pdb", metadata={"name": own, **meta},
+                                          spec=disruption_budget_spec(cluster, colour), opts=opts)
+        self._autoscaler(own, args, meta, target, service, opts)
+
+    def _workload(self, name: str, args: ModelServingArgs, meta: dict[str, Any], colour: str | None,
                   opts: pulumi.ResourceOptions) -> dict[str, str]:
         """The StatefulSet or LeaderWorkerSet, with spec.replicas left to the autoscaler when there is one."""
-        cluster, pods = args.cluster, args.pods
+        cluster = args.cluster
+        pods = colour_pods(cluster, args.pods, colour)
+        own = set_name(name, colour)
         scaled = cluster.config.target.autoscaling.kind != "none"
         if scaled:
             opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"]))
 
         def template(role: str) -> dict[str, Any]:
-            return pod_template(cluster, pods, stager_config_map=f"{name}-stager", service_account=name, role=role)
+            return pod_template(cluster, args.pods, stager_config_map=f"{name}-stager", service_account=name,
+                                role=role, colour=colour)
 
         meta = {**meta, "annotations": serving_skips(pods)}
         if pods.group_size == 1:
-            k8s.apps.v1.StatefulSet(f"{name}-sts", metadata={"name": name, **meta}, spec=stateful_set_spec(
-                cluster, pods, name=name, template=template("leader"), service_name=f"{name}-pods"), opts=opts)
-            return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+            k8s.apps.v1.StatefulSet(f"{own}-sts", metadata={"name": own, **meta}, spec=stateful_set_spec(
+                cluster, pods, name=own, template=template("leader"), service_name=f"{name}-pods", colour=colour),
+                opts=opts)
+            return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": own}
         k8s.apiextensions.CustomResource(
-            f"{name}-lws", api_version=LWS_API, kind="LeaderWorkerSet", metadata={"name": name, **meta},
+            f"{own}-lws", api_version=LWS_API, kind="LeaderWorkerSet", metadata={"name": own, **meta},
             spec=leader_worker_set_spec(cluster, pods, leader=template("leader"), worker=template("worker")),
             opts=opts)
-        return {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": name}
+        return {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": own}
 
     def _autoscaler(self, name: str, args: ModelServingArgs, meta: dict[str, Any], target: dict[str, str],
-                    opts: pulumi.ResourceOptions) -> None:
-        """An HPA or a KEDA ScaledObject on the workload, never both."""
+                    service: str, opts: pulumi.ResourceOptions) -> None:
+        """An HPA or a KEDA ScaledObject on the workload, never both; KEDA queries the set's own Service."""
         scaling = args.cluster.config.target.autoscaling
         if scaling.kind == "hpa":
             k8s.autoscaling.v2.HorizontalPodAutoscaler(f"{name}-hpa", metadata={"name": name, **meta},
@@ -113,4 +146,4 @@ class ModelServing(pulumi.ComponentResource):
             k8s.apiextensions.CustomResource(
                 f"{name}-keda", api_version=KEDA_API, kind="ScaledObject", metadata={"name": name, **meta},
                 spec=scaled_object_spec(args.cluster, args.pods, target=target, namespace=args.namespace,
-                                        service=name, prometheus_url=scaling.prometheus_url), opts=opts)
+                                        service=service, prometheus_url=scaling.prometheus_url), opts=opts)

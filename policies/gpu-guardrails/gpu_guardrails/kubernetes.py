@@ -1,6 +1,8 @@
 """Kubernetes objects: GPU limits against the sizing plan, shm for multi-GPU pods, EFA on every pod of a
 multi-node group, no privileged pods (the one exception, IPC_LOCK for RDMA, only where the pod says so
-with its gpuinfra.io/rdma annotation), and an autoscaler metric suited to the model.
+with its gpuinfra.io/rdma annotation), an autoscaler metric suited to the model, and Karpenter GPU
+NodePools bounded (an nvidia.com/gpu limit, within the budget in their gpuinfra.io/hourly-budget-usd
+annotation) and tainted.
 
 The serving request comes from the pod template's gpuinfra.io/* annotations (the Kubernetes twin of the
 launch templates' gpuinfra:* tags) and the node types from its node affinity on
@@ -34,6 +36,11 @@ POD = "kubernetes:core/v1:Pod"
 LEADER_WORKER_SET = "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+BUDGET_ANNOTATION = "gpuinfra.io/hourly-budget-usd"
+# Requirement keys that choose GPU nodes without naming a type.
+GPU_REQUIREMENT_KEYS = ("karpenter.k8s.aws/instance-gpu-count", "karpenter.k8s.aws/instance-gpu-name",
+                        "karpenter.k8s.aws/instance-gpu-manufacturer", "karpenter.k8s.aws/instance-gpu-memory")
 TEMPLATED = (STATEFUL_SET, DEPLOYMENT, DAEMON_SET, REPLICA_SET, JOB)
 GPU, EFA = "nvidia.com/gpu", "vpc.amazonaws.com/efa"
 ANNOTATION = "gpuinfra.io/"
@@ -233,6 +240,72 @@ def validate_autoscaler(args: StackValidationArgs, report_violation: ReportViola
                 break
 
 
+def node_pool_requirements(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    template = ((props.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return list(template.get("requirements") or [])
+
+
+def node_pool_types(props: Mapping[str, Any]) -> list[str]:
+    """The instance types a NodePool's requirements name (operator In on node.kubernetes.io/instance-type)."""
+    return [value for r in node_pool_requirements(props) if r.get("key") == INSTANCE_TYPE_LABEL
+            and r.get("operator") == "In" for value in r.get("values") or []]
+
+
+def launches_gpus(props: Mapping[str, Any]) -> bool:
+    """The pool may launch GPU nodes: it names a catalog GPU type, selects on a GPU property, or is tainted for
+    GPU pods."""
+    template = ((props.get("spec") or {}).get("template") or {}).get("spec") or {}
+    named = [catalog_type(name) for name in node_pool_types(props)]
+    return (any(i is not None and i.gpus > 0 for i in named)
+            or any(r.get("key") in GPU_REQUIREMENT_KEYS for r in node_pool_requirements(props))
+            or any(t.get("key") == GPU for t in template.get("taints") or []))
+
+
+def budget_problems(props: Mapping[str, Any], limit: int) -> list[str]:
+    """A GPU limit above the whole instances of a named type the pool's budget annotation pays for."""
+    text = ((props.get("metadata") or {}).get("annotations") or {}).get(BUDGET_ANNOTATION)
+    if text is None:
+        return []
+    try:
+        budget = float(text)
+    except ValueError:
+        return [f"{BUDGET_ANNOTATION} {text!r} is not a number of dollars per hour"]
+    problems = []
+    for name in node_pool_types(props):
+        instance = catalog_type(name)
+        if instance is None or instance.price.usd_per_hour is None:
+            problems.append(f"{name} has no catalog price to hold the {GPU} limit against ${budget:.2f}/h")
+            continue
+        most = int(budget // instance.price.usd_per_hour) * instance.gpus
+        if limit > most:
+            problems.append(f"the {GPU} limit {limit} is more than ${budget:.2f}/h pays for on {name}: "
+                            f"{most // instance.gpus} x {instance.gpus} = {most} GPUs")
+    return problems
+
+
+def validate_node_pool(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """A Karpenter NodePool that may launch GPU nodes has an nvidia.com/gpu limit (within its budget) and
+    taints them nvidia.com/gpu:NoSchedule, so only GPU pods land on them."""
+    if args.resource_type != NODE_POOL or not launches_gpus(args.props):
+        return
+    spec = args.props.get("spec") or {}
+    template = (spec.get("template") or {}).get("spec") or {}
+    raw = (spec.get("limits") or {}).get(GPU)
+    try:
+        limit = int(str(raw)) if raw is not None else None
+    except ValueError:
+        limit = None
+    if limit is None:
+        report_violation(f"the pool launches GPU nodes without a whole-number {GPU} limit ({raw!r}): Karpenter "
+                         "would add GPUs for every pending pod, without bound", args.urn)
+    else:
+        for problem in budget_problems(args.props, limit):
+            report_violation(problem, args.urn)
+    if not any(t.get("key") == GPU and t.get("effect") == "NoSchedule" for t in template.get("taints") or []):
+        report_violation(f"the pool's GPU nodes carry no {GPU}:NoSchedule taint: any pod could land on them",
+                         args.urn)
+
+
 k8s_gpu_limits = ResourceValidationPolicy(
     name="k8s-gpu-limits",
     description="A serving pod's nvidia.com/gpu equals its plan's world size per pod (TP x PP x DP / nodes) on "
@@ -268,4 +341,13 @@ k8s_autoscaler = StackValidationPolicy(
     enforcement_level=EnforcementLevel.MANDATORY,
 )
 
-KUBERNETES_POLICIES = [k8s_gpu_limits, k8s_shm, k8s_efa, k8s_privileged, k8s_autoscaler]
+k8s_node_pool = ResourceValidationPolicy(
+    name="k8s-karpenter-gpu-limit",
+    description="A Karpenter NodePool that may launch GPU nodes has a whole-number nvidia.com/gpu limit, no more "
+                "than the budget in its gpuinfra.io/hourly-budget-usd annotation pays for on each type it names, "
+                "and taints its nodes nvidia.com/gpu:NoSchedule.",
+    validate=validate_node_pool,
+    enforcement_level=EnforcementLevel.MANDATORY,
+)
+
+KUBERNETES_POLICIES = [k8s_gpu_limits, k8s_shm, k8s_efa, k8s_privileged, k8s_autoscaler, k8s_node_pool]
