@@ -31,7 +31,7 @@ MODEL_ROOT = Path(os.environ.get("CALIB_MODEL_ROOT", "/tmp/calib/models"))
 
 ENGINE_KEYS = ("dtype", "quantization", "kv_cache_dtype", "enforce_eager", "gpu_memory_utilization",
                "max_model_len", "max_num_batched_tokens", "max_num_seqs", "enable_prefix_caching",
-               "compilation_config", "seed")
+               "compilation_config", "async_scheduling", "seed")
 
 
 def engine_kwargs(spec: dict) -> dict:
@@ -104,6 +104,17 @@ class Driver:
             steps.append((now - started, with_tokens, new_tokens))
         finished = time.perf_counter()
         return summarize_batch(state, steps, started, submitted, finished, count, prompt_len, max_tokens)
+
+
+def repeated_batch(driver: Driver, concurrency: int, input_len: int, output_len: int, repeats: int) -> dict:
+    """The closed batch REPEATS times: the repeat of median wall time, with every repeat's TTFT p99, mean ITL
+    and output tokens/s beside it (their spread is the measurement's noise)."""
+    runs = [driver.run(concurrency, input_len, output_len) for _ in range(repeats)]
+    row = dict(sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2])
+    if repeats > 1:
+        row["repeats"] = [{"wall_s": r["wall_s"], "ttft_p99_s": r["ttft_s"]["p99"], "itl_mean_s": r["itl_s"]["mean"],
+                           "output_tokens_per_s": r["output_tokens_per_s"]} for r in runs]
+    return row
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -256,8 +267,12 @@ def main() -> int:
 
     if cb := workloads.get("closed_batch"):
         rows = []
+        if cb.get("warmup"):
+            # The first prompt of a new length pays one-off costs (compile buckets, allocator growth): measured
+            # once, it is kept apart from the batches.
+            result["workloads"]["closed_batch_warmup"] = driver.run(1, cb["input_len"], 8)
         for concurrency in cb["concurrency"]:
-            row = driver.run(concurrency, cb["input_len"], cb["output_len"])
+            row = repeated_batch(driver, concurrency, cb["input_len"], cb["output_len"], cb.get("repeats", 1))
             row["fits_kv"] = concurrency * (cb["input_len"] + cb["output_len"]) <= kv_tokens
             rows.append(row)
             print("CLOSED", concurrency, round(row["wall_s"], 3), flush=True)

@@ -70,6 +70,28 @@ SPECS = [
         "decode_sweep": decode({"1024": [1, 16, 64, 128], "8192": [1, 8]}, 160_000)},
         quantization="fp8", gpu_memory_utilization=0.95),
     {"name": "serve-qwen-7b", "kind": "serve", "est_s": 170, "timeout_s": 280},
+    # "t-" specs (second session): the closed batches again, each repeated after a warm-up prompt of the batch's
+    # length, and a finer prefill sweep below 4096 tokens, where the 1.5B model ran slower per token than above.
+    spec("t-qwen-1.5b", "qwen-1.5b", 100, 220, {
+        "closed_batch": {**CLOSED, "warmup": True, "repeats": 5},
+        "prefill_sweep": {"prompt_lens": [256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144], "repeats": 5}}),
+    spec("t-llama-8b", "llama-8b", 130, 260, {
+        "closed_batch": {**CLOSED, "warmup": True, "repeats": 3},
+        "prefill_sweep": {"prompt_lens": [256, 512, 1024, 2048], "repeats": 5},
+        "decode_sweep": decode({"1024": [16, 24, 32, 48], "1280": [32]}, 600_000)}),
+    # The launch-bound hypothesis: prefill steps above the largest CUDA-graph size run without graphs. Capturing
+    # graphs up to 2048 tokens should bring the 1.5B's 1024-token prefill down if it holds.
+    spec("t-qwen-1.5b-cg2048", "qwen-1.5b", 110, 240, {
+        "closed_batch": {"concurrency": [1], "input_len": 1024, "output_len": 256, "warmup": True, "repeats": 5},
+        "prefill_sweep": {"prompt_lens": [512, 1024, 1536, 2048, 4096], "repeats": 5}},
+        compilation_config={"max_cudagraph_capture_size": 2048}),
+    # Why a lone request's first token comes ~9 ms after its prefill step: a 2-token answer, and the same batch
+    # without async scheduling (the engine returns step N's output after launching step N+1).
+    spec("t-qwen-1.5b-out2", "qwen-1.5b", 75, 200, {
+        "closed_batch": {"concurrency": [1], "input_len": 1024, "output_len": 2, "warmup": True, "repeats": 7}}),
+    spec("t-qwen-1.5b-sync", "qwen-1.5b", 75, 200, {
+        "closed_batch": {"concurrency": [1], "input_len": 1024, "output_len": 256, "warmup": True, "repeats": 5},
+        "prefill_sweep": {"prompt_lens": [512, 1024], "repeats": 5}}, async_scheduling=False),
     spec("m-llama-8b", "llama-8b", 30, 120, enforce_eager=True),
     spec("m-qwen-1.5b", "qwen-1.5b", 30, 120, enforce_eager=True),
     spec("m-qwen-32b", "qwen-32b", 35, 120, enforce_eager=True),

@@ -9,8 +9,18 @@ max_num_batched_tokens per step, at most max_num_seqs in flight). One step costs
 * memory: each pipeline stage's weights, at ``weight_bandwidth_efficiency`` of HBM bandwidth, plus the KV
   cache of every decoding sequence, at ``kv_bandwidth_efficiency`` (attention kernels read it less
   efficiently than GEMMs read weights); stages run one after another for a token;
-* whichever is larger, plus a fixed ``step_overhead_ms`` (scheduler, kernel launches) and
+* launch: the host's time to launch the step, per layer. A pure decode step is replayed from one CUDA graph
+  (no floor); a step with prompt chunks is replayed from piecewise graphs (attention launched from Python,
+  ``graphed_layer_launch_us``) up to the largest captured size (min(2 x max_num_seqs, 512) tokens in vLLM
+  0.26, catalog software.yaml), above it every kernel is launched from Python (``eager_layer_launch_us``).
+  Small models on short prompts are launch-bound: the 1.5B model's 1,024-token prefill takes as long as a
+  3,072-token one, and halves when graphs are captured up to 2,048 tokens (docs/validation);
+* the largest of the three, plus a fixed ``step_overhead_ms`` (scheduler) and
   ``per_sequence_overhead_us`` for each sequence in the step (sampling, bookkeeping).
+
+A request that goes on decoding after a prompt step too long for CUDA graphs sees its first token only once
+the engine has launched the next step too (async scheduling hands out step N's tokens after launching step
+N + 1), so on a launch-bound prefill its first token comes one graphed launch after the step (measured).
 
 ``output_tokens_per_s`` = C x M / the batch's wall time, prefill included; ``ttft_s`` is the 99th percentile
 over the batch; ``inter_token_latency_s`` the mean over requests of (last token - first token) / (M - 1).
@@ -31,15 +41,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpuinfra.catalog import Gpu, GpuPerformance, find_gpu
+from gpuinfra.catalog import Gpu, GpuPerformance, find_gpu, load_catalog
 
 if TYPE_CHECKING:  # sizing embeds Performance in its Evaluation, so it is imported lazily here
     from gpuinfra.sizing import Evaluation, SizingRequest, Survey
 
 # Spec-derived defaults for a GPU never measured: typical shares of peak for vLLM with CUDA graphs.
+# The launch costs are the host's, not the GPU's: the H200 host's measured figures, rounded up.
 DERIVED = GpuPerformance(prefill_efficiency=0.5, weight_bandwidth_efficiency=0.75, kv_bandwidth_efficiency=0.6,
-                         step_overhead_ms=3.0, per_sequence_overhead_us=20.0,
-                         source="derived from the GPU's spec (not measured)")
+                         step_overhead_ms=3.0, per_sequence_overhead_us=20.0, graphed_layer_launch_us=300.0,
+                         eager_layer_launch_us=700.0, source="derived from the GPU's spec (not measured)")
 DEFAULT_STREAM_TOKENS_PER_S = 10.0  # about reading speed: the floor when no SLA names one
 
 
@@ -70,6 +81,12 @@ def efficiencies(gpu: Gpu) -> GpuPerformance:
     return gpu.performance or DERIVED
 
 
+def _capture_tokens(max_num_seqs: int) -> int:
+    capture = load_catalog().software.inference_engines["vllm"].cudagraph_capture
+    assert capture is not None, "the pinned vLLM has no cudagraph_capture in software.yaml"
+    return capture.capture_tokens(max_num_seqs)
+
+
 def _peak_flops(gpu: Gpu, precision: str) -> float:
     fp8 = precision == "fp8" and gpu.fp8_tensor_cores and gpu.fp8_dense_tflops
     return (gpu.fp8_dense_tflops if fp8 else gpu.bf16_dense_tflops) * 1e12
@@ -85,12 +102,17 @@ class StepCost:
     kv_bytes_per_token: float  # per GPU
     pipeline_parallel: int
     tensor_parallel: int
+    layers: int
+    capture_tokens: int  # the largest step replayed from CUDA graphs
     peak_flops: float
     bandwidth: float
     fp8: bool  # FP8 weights on FP8 tensor cores: their own efficiencies where measured
 
     @classmethod
-    def of(cls, request: SizingRequest, evaluation: Evaluation, gpu: Gpu) -> StepCost:
+    def of(cls, request: SizingRequest, evaluation: Evaluation, gpu: Gpu, *, max_seqs: int | None = None,
+           capture_tokens: int | None = None) -> StepCost:
+        """The step cost of EVALUATION's copy, served with MAX_SEQS (default: the serving plan's) and the
+        engine's default CUDA-graph sizes unless CAPTURE_TOKENS is given."""
         from gpuinfra.sizing import GIB
 
         arch = request.model.architecture
@@ -101,6 +123,8 @@ class StepCost:
                    attention_flops_per_token_position=4 * arch.layers * arch.heads * arch.head_dim,
                    weights_bytes=weights, kv_bytes_per_token=evaluation.kv_cache_bytes_per_token,
                    pipeline_parallel=evaluation.pipeline_parallel, tensor_parallel=evaluation.tensor_parallel,
+                   layers=arch.layers,
+                   capture_tokens=capture_tokens or _capture_tokens(max_seqs or evaluation.max_num_seqs),
                    peak_flops=_peak_flops(gpu, request.effective_precision.value),
                    bandwidth=gpu.memory_bandwidth_gbs * 1e9,
                    fp8=request.effective_precision.value == "fp8" and bool(gpu.fp8_dense_tflops))
@@ -122,7 +146,27 @@ class StepCost:
                                            + self.kv_bytes_per_token * decode_context / perf.kv_bandwidth_efficiency
                                            ) / self.bandwidth
         sequences = decode_seqs + len(prefill)
-        return max(compute, memory) + perf.step_overhead_ms / 1000 + sequences * perf.per_sequence_overhead_us / 1e6
+        launch = self.launch_s(perf, tokens=tokens, prefill=bool(prefill))
+        return (max(compute, memory, launch) + perf.step_overhead_ms / 1000
+                + sequences * perf.per_sequence_overhead_us / 1e6)
+
+    def launch_s(self, perf: GpuPerformance, *, tokens: int, prefill: bool) -> float:
+        """The host's time to launch a step of TOKENS tokens (with prompt chunks when PREFILL)."""
+        if tokens > self.capture_tokens:
+            return self.layers * perf.eager_layer_launch_us / 1e6
+        return self.layers * perf.graphed_layer_launch_us / 1e6 if prefill else 0.0
+
+    def first_token_visible_s(self, perf: GpuPerformance, *, step_start: float, step_end: float, tokens: int) -> float:
+        """When a request whose prompt ended in the step [STEP_START, STEP_END] sees its first token, if it
+        goes on decoding. After a step too long for CUDA graphs, only once the next step (piecewise graphs
+        for the new sequence) is launched too; after a graphed step, at its end. An empirical rule: it
+        matches the lone 1,024-token requests of the 1.5B and 8B runs with and without graphs up to 2,048
+        tokens (docs/validation/h200-x1-vllm-0.26/performance-model.md)."""
+        if tokens <= self.capture_tokens:
+            return step_end
+        launched = (self.launch_s(perf, tokens=tokens, prefill=True) + self.launch_s(perf, tokens=1, prefill=True)
+                    + perf.step_overhead_ms / 1000)
+        return max(step_end, step_start + launched)
 
 
 @dataclass(frozen=True)
@@ -169,20 +213,22 @@ def simulate_closed_batch(cost: StepCost, perf: GpuPerformance, *, requests: int
             chunks.append((take, input_tokens - entry[1]))
             entry[1] -= take
             budget -= take
+        start = now
         now += cost.seconds(perf, decode_seqs=decoders, decode_context=decode_context, prefill=chunks)
+        step_tokens = decoders + sum(chunk for chunk, _ in chunks)
         decode_context += decoders
         step += 1
         while decoding and decoding[0][1] == step:  # their last token came in this step
             request, _ = decoding.popleft()
-            finished[request] = now
+            finished[request] = max(now, first[request])  # a first token handed out late comes with the next
             decoders -= 1
             decode_context -= input_tokens + output_tokens - 1
         while prefilling and prefilling[0][1] == 0:
             request = prefilling.popleft()[0]
-            first[request] = now
             if output_tokens == 1:
-                finished[request] = now
+                first[request] = finished[request] = now
             else:
+                first[request] = cost.first_token_visible_s(perf, step_start=start, step_end=now, tokens=step_tokens)
                 decoding.append((request, step + output_tokens - 1))
                 decoders += 1
                 decode_context += input_tokens
@@ -195,14 +241,16 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def predict(request: SizingRequest, evaluation: Evaluation, gpu: Gpu, workload: Workload,
-            *, max_seqs: int | None = None) -> Performance:
+            *, max_seqs: int | None = None, capture_tokens: int | None = None) -> Performance:
     """TTFT p99, mean ITL and output tokens/s for WORKLOAD spread evenly over the evaluation's model copies,
-    as the deployed server runs it (its max_num_batched_tokens and max_num_seqs, unless MAX_SEQS is given)."""
+    as the deployed server runs it (its max_num_batched_tokens, max_num_seqs and default CUDA-graph sizes,
+    unless MAX_SEQS or CAPTURE_TOKENS is given)."""
     copies = max(1, evaluation.replicas) * max(1, evaluation.data_parallel)
     per_copy = math.ceil(workload.concurrency / copies)
-    seqs = max_seqs or max(1, min(evaluation.max_concurrency_at_context * evaluation.nodes, 1024))
+    seqs = max_seqs or evaluation.max_num_seqs
     perf = efficiencies(gpu)
-    run = simulate_closed_batch(StepCost.of(request, evaluation, gpu), perf, requests=per_copy,
+    cost = StepCost.of(request, evaluation, gpu, max_seqs=seqs, capture_tokens=capture_tokens)
+    run = simulate_closed_batch(cost, perf, requests=per_copy,
                                 input_tokens=workload.input_tokens, output_tokens=workload.output_tokens,
                                 max_batched_tokens=evaluation.max_num_batched_tokens, max_seqs=seqs)
     itl = run.inter_token_latency_s(workload.output_tokens)

@@ -250,6 +250,11 @@ class Evaluation(BaseModel):
     cost_per_million_output_tokens_at_load_usd: float | None = Field(
         None, description="$/h over the predicted output tokens/s at that load")
 
+    @property
+    def max_num_seqs(self) -> int:
+        """The server's max_num_seqs: every sequence the KV cache holds at full context, at most 1,024."""
+        return max(1, min(self.max_concurrency_at_context * self.nodes, 1024))
+
 
 # --- weights -------------------------------------------------------------------------------------------
 

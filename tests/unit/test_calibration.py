@@ -73,17 +73,51 @@ def test_the_catalog_pins_the_calibrated_engine():
     assert load_catalog().software.inference_engines["vllm"].version == RESULTS[MEASURED[0]]["vllm_version"]
 
 
+def _is_target(run: dict, batch: dict) -> bool:
+    """The closed batches the 15 % target is for: vLLM's default async scheduling, answers of chat length.
+    Two side experiments are not (performance-model.md): scheduling made synchronous, two-token answers."""
+    return run["spec"].get("async_scheduling") is not False and batch["max_tokens"] >= 64
+
+
 SPEED = [(name, batch["requests"]) for name, run in RESULTS.items()
-         if (run.get("workloads") or {}).get("closed_batch") for batch in run["workloads"]["closed_batch"]]
+         if (run.get("workloads") or {}).get("closed_batch") for batch in run["workloads"]["closed_batch"]
+         if _is_target(run, batch)]
+
+
+def test_the_speed_target_covers_every_measured_size_and_concurrency():
+    covered = {(RESULTS[name]["spec"]["model_config"], concurrency) for name, concurrency in SPEED}
+    assert {c for _, c in covered} == {1, 32, 128}
+    assert len({config for config, _ in covered}) >= 4  # 1.5B, 8B, 32B, 70B FP8
 
 
 @pytest.mark.parametrize(("name", "concurrency"), SPEED)
-def test_closed_batch_throughput_within_15_percent(name, concurrency):
+def test_closed_batch_speed_within_15_percent(name, concurrency):
+    """TTFT p99, mean inter-token latency and output tokens/s, each within 15 % of the measured batch (the
+    median repeat where it was repeated), with the run's own CUDA-graph sizes."""
     run = RESULTS[name]
     batch = next(b for b in run["workloads"]["closed_batch"] if b["requests"] == concurrency)
     request, evaluation = engine_answer(run["spec"], concurrency=concurrency)
+    capture = (run["spec"].get("compilation_config") or {}).get("max_cudagraph_capture_size")
     got = predict(request, evaluation, H200, Workload(input_tokens=batch["prompt_len"],
                                                       output_tokens=batch["max_tokens"], concurrency=concurrency),
-                  max_seqs=run["spec"]["max_num_seqs"])
+                  max_seqs=run["spec"]["max_num_seqs"], capture_tokens=capture)
     assert got.basis.startswith("measured")
     assert got.output_tokens_per_s == pytest.approx(batch["output_tokens_per_s"], rel=0.15)
+    assert got.ttft_s == pytest.approx(batch["ttft_s"]["p99"], rel=0.15)
+    assert got.inter_token_latency_s == pytest.approx(batch["itl_s"]["mean"], rel=0.15)
+
+
+def test_small_models_on_short_prompts_are_launch_bound_as_measured():
+    """The 1.5B model's 1,024-token prefill costs what its 3,072-token one does (every kernel launched from
+    Python above the 512-token CUDA graphs) and about half with graphs up to 2,048 tokens: the model within
+    20 % of each median, for the default graphs and for the run that captured larger ones (the worst point,
+    -17 %, is 1,536 tokens with graphs, where the step leaves the launch floor)."""
+    for name in ("t-qwen-1.5b", "t-qwen-1.5b-cg2048"):
+        run = RESULTS[name]
+        request, evaluation = engine_answer(run["spec"])
+        capture = (run["spec"].get("compilation_config") or {}).get("max_cudagraph_capture_size")
+        for sample in run["workloads"]["prefill_sweep"]:
+            got = predict(request, evaluation, H200, Workload(input_tokens=sample["prompt_len"], output_tokens=1,
+                                                              concurrency=1),
+                          max_seqs=run["spec"]["max_num_seqs"], capture_tokens=capture)
+            assert got.ttft_s == pytest.approx(sample["ttft_median_s"], rel=0.2), (name, sample["prompt_len"])

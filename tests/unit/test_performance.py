@@ -33,11 +33,15 @@ def test_size_json_carries_performance_for_the_given_load(capsys):
     assert performance["concurrency"] == 32 and performance["basis"]
 
 
-def _cost_and_perf():
+def _sized():
     request = build_request(model=ModelSpec.from_catalog(find_model("deepseek-r1-distill-llama-8b")),
                             context_tokens=8192, concurrency=4)
     gpu = find_gpu("h200")
-    evaluation = evaluate(request, Hardware(gpu=gpu, gpus_per_node=1))
+    return request, evaluate(request, Hardware(gpu=gpu, gpus_per_node=1)), gpu
+
+
+def _cost_and_perf():
+    request, evaluation, gpu = _sized()
     return StepCost.of(request, evaluation, gpu), efficiencies(gpu)
 
 
@@ -47,8 +51,24 @@ def test_one_request_is_one_prefill_step_then_a_decode_step_per_token():
                                 max_seqs=256)
     prefill = cost.seconds(perf, decode_seqs=0, decode_context=0, prefill=[(1000, 0)])
     decode = sum(cost.seconds(perf, decode_seqs=1, decode_context=1000 + k, prefill=[]) for k in range(4))
-    assert run.first_token_s == [pytest.approx(prefill)]
+    # 1,000 tokens is above the CUDA graphs: the first token is handed out once the next step is launched.
+    assert run.first_token_s == [pytest.approx(cost.first_token_visible_s(perf, step_start=0, step_end=prefill,
+                                                                          tokens=1000))]
+    assert prefill <= run.first_token_s[0] < prefill + decode / 4
     assert run.finished_s == [pytest.approx(prefill + decode)]
+
+
+def test_steps_above_the_cuda_graphs_cost_at_least_their_launch():
+    cost, perf = _cost_and_perf()
+    assert 1 < cost.capture_tokens <= 512  # vLLM 0.26 captures at most 512 tokens by default (software.yaml)
+    graphed = cost.seconds(perf, decode_seqs=0, decode_context=0, prefill=[(cost.capture_tokens // 2, 0)])
+    ungraphed = cost.seconds(perf, decode_seqs=0, decode_context=0, prefill=[(cost.capture_tokens + 1, 0)])
+    decode = cost.seconds(perf, decode_seqs=1, decode_context=64, prefill=[])
+    assert decode < graphed < ungraphed
+    assert graphed >= cost.layers * perf.graphed_layer_launch_us / 1e6
+    assert ungraphed >= cost.layers * perf.eager_layer_launch_us / 1e6
+    larger = StepCost.of(*_sized(), capture_tokens=2048)
+    assert larger.seconds(perf, decode_seqs=0, decode_context=0, prefill=[(cost.capture_tokens + 1, 0)]) < ungraphed
 
 
 def test_long_prompts_are_chunked_by_the_token_budget_and_seats_are_limited():

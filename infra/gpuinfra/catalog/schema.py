@@ -31,6 +31,12 @@ class GpuPerformance(CatalogModel):
     kv_bandwidth_efficiency: float = Field(gt=0, le=1, description="Share of HBM bandwidth reading the KV cache")
     step_overhead_ms: float = Field(ge=0, description="Fixed cost per engine step (scheduler, launches)")
     per_sequence_overhead_us: float = Field(ge=0, description="Cost per sequence in a step (sampling, bookkeeping)")
+    graphed_layer_launch_us: float = Field(
+        0.0, ge=0, description="Host time per layer of a prompt step replayed from piecewise CUDA graphs (attention "
+                               "still launched from Python): the floor of a short prefill step")
+    eager_layer_launch_us: float = Field(
+        0.0, ge=0, description="Host time per layer of a step longer than the largest CUDA graph (every kernel "
+                               "launched from Python): the floor of a mid-sized prefill step on a small model")
     fp8_prefill_efficiency: float | None = Field(
         None, gt=0, le=1, description="FP8 weights: share of the FP8 tensor throughput (default: prefill_efficiency)")
     fp8_weight_bandwidth_efficiency: float | None = Field(
@@ -195,10 +201,23 @@ class MemoryModel(CatalogModel):
     source: str = Field(description="The run each figure comes from")
 
 
+class CudaGraphCapture(CatalogModel):
+    """Which engine steps this version replays from CUDA graphs by default: steps of at most
+    min(per_sequence x max_num_seqs, max_tokens) tokens. Longer steps launch every kernel from Python."""
+
+    max_tokens: int = Field(gt=0, description="The cap of the default max_cudagraph_capture_size")
+    per_sequence: int = Field(gt=0, description="Capture tokens per max_num_seqs below the cap")
+    source: str = Field(description="Where the rule comes from")
+
+    def capture_tokens(self, max_num_seqs: int) -> int:
+        return min(self.per_sequence * max_num_seqs, self.max_tokens)
+
+
 class InferenceEngine(CatalogModel):
     package: str = Field(description="The pip requirement name, extras included")
     version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)+(\.post[0-9]+)?$")
     memory_model: MemoryModel | None = Field(None, description="Measured memory accounting of this version")
+    cudagraph_capture: CudaGraphCapture | None = Field(None, description="Default CUDA-graph sizes of this version")
 
 
 class Monitoring(CatalogModel):
