@@ -38,6 +38,7 @@ class PlanReport(BaseModel):
     cost_per_hour_usd: float | None
     sizing: list[Evaluation]
     outputs: dict[str, Any]
+    gpu_image: str | None = None  # EC2 target: the image the nodes launch and what pins it
 
     @property
     def mandatory_violations(self) -> list[Violation]:
@@ -81,8 +82,17 @@ def build_plan(stack: str, stack_file: str | None = None, sets: list[str] | None
         cost_per_hour_usd=cluster.max_cost_per_hour_usd,
         sizing=cluster.evaluations,
         outputs=preview.outputs,
+        gpu_image=gpu_image_line(cluster),
     )
     return cluster, report
+
+
+def gpu_image_line(cluster: ResolvedCluster) -> str | None:
+    from gpuinfra.aws.node_pool import image_choice
+
+    if cluster.config.target.kind != "ec2":
+        return None  # the Kubernetes target's nodes run the EKS GPU image (docs/kubernetes.md)
+    return image_choice(cluster.config.ami_id, cluster.config.region).describe()
 
 
 def key_inputs(resource: PlannedResource) -> str:
@@ -148,6 +158,8 @@ def render_plan_report(cluster: ResolvedCluster, report: PlanReport, console) ->
                       "n/a" if e.cost_per_hour_usd is None else f"${e.cost_per_hour_usd:,.2f}")
     console.print(table)
     console.print("per GPU on", cluster.primary.instance_type, memory_bar(cluster.primary))
+    if report.gpu_image:
+        console.print(f"[bold]image[/]: {report.gpu_image}")
     cost = report.cost_per_hour_usd
     console.print(f"[bold]cost[/]: up to {'n/a' if cost is None else f'${cost:,.2f}'}/h on demand")
     if not report.violations:

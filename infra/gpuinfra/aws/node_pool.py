@@ -15,19 +15,44 @@ import pulumi
 import pulumi_aws as aws
 
 from gpuinfra.boot import cloud_config
-from gpuinfra.catalog import InstanceType
+from gpuinfra.catalog import InstanceType, load_catalog
+from gpuinfra.catalog.schema import GpuImage
 from gpuinfra.config import CapacityBlock, CapacityReservation, OnDemand, Spot
 from gpuinfra.efa import efa_interfaces
 from gpuinfra.sizing import Evaluation
 
-# The DLAMI with the NVIDIA driver, Fabric Manager, EFA and NCCL (S16): the Ansible roles then pin versions.
-GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 ROOT_DEVICE = "/dev/sda1"
 # OS, drivers, CUDA, container images, logs. The weights never live here: the sizing engine refuses a type
 # whose instance store cannot hold them (reason code `nvme`), and the RAID unit mounts that store for them.
 BASE_ROOT_GIB = 200
 ROOT_VOLUME_TYPE, ROOT_IOPS, ROOT_THROUGHPUT_MIBPS = "gp3", 6000, 500  # gp3 above its baseline: image pulls
 IMDS_HOP_LIMIT = 2  # IMDSv2 tokens reach containers one hop from the host (the CNI, the device plugins)
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """Which GPU image the node pool launches: a pinned AMI id (the stack's `ami_id`, else the catalog's for
+    the region), or the newest image of the catalog's family, looked up at deploy time."""
+
+    ami_id: str | None
+    pinned_by: str | None  # "stack" | "catalog" | None (looked up)
+    family: GpuImage
+
+    def describe(self) -> str:
+        if self.ami_id:
+            source = "the stack's ami_id" if self.pinned_by == "stack" else "the catalog's image for the region"
+            return f"{self.ami_id} (pinned by {source})"
+        return (f"newest '{self.family.name_pattern}' at deploy time: not pinned for this region (set ami_id, or "
+                "software.yaml gpu_image.region_ids)")
+
+
+def image_choice(ami_id: str | None, region: str, family: GpuImage | None = None) -> ImageChoice:
+    """The stack's ami_id, else the image FAMILY (default: the catalog's) pins for REGION, else a lookup."""
+    family = family or load_catalog().software.gpu_image
+    if ami_id:
+        return ImageChoice(ami_id, "stack", family)
+    pinned = family.region_ids.get(region)
+    return ImageChoice(pinned, "catalog" if pinned else None, family)
 
 
 def root_volume_gib(configured: int | None) -> int:
@@ -49,7 +74,7 @@ class GpuNodePoolArgs:
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
     instance_profile_arn: pulumi.Input[str]
-    ami_id: str | None
+    image: ImageChoice
     root_volume_gib: int | None
     ssh_key_name: str | None
     target_group_arns: list[pulumi.Input[str]]
@@ -138,10 +163,11 @@ class GpuNodePool(pulumi.ComponentResource):
             placement_group = aws.ec2.PlacementGroup(f"{name}-cluster", strategy="cluster", tags=args.tags,
                                                      opts=child)
         self.placement_group_name = placement_group.name if placement_group else None
-        image_id = args.ami_id or aws.ec2.get_ami_output(
-            most_recent=True, owners=["amazon"],
-            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[GPU_AMI_NAME]),
-                     aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
+        family = args.image.family
+        image_id = args.image.ami_id or aws.ec2.get_ami_output(
+            most_recent=True, owners=[family.owner],
+            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[family.name_pattern]),
+                     aws.ec2.GetAmiFilterArgs(name="architecture", values=[family.architecture])],
             opts=pulumi.InvokeOutputOptions(parent=self)).id
         user_data = base64.b64encode(cloud_config().encode()).decode()
         self.launch_template_ids = {}

@@ -11,7 +11,7 @@ import pulumi_aws as aws
 from gpuinfra.aws.endpoint import ServingEndpoint, ServingEndpointArgs
 from gpuinfra.aws.identity import NodeIdentity, NodeIdentityArgs
 from gpuinfra.aws.network import Network, NetworkArgs
-from gpuinfra.aws.node_pool import GpuNodePool, GpuNodePoolArgs
+from gpuinfra.aws.node_pool import GpuNodePool, GpuNodePoolArgs, image_choice
 from gpuinfra.config import CONFIG_KEY, CreateVpc, ResolvedCluster, parse_cluster, resolve
 from gpuinfra.contract import stack_contract
 from gpuinfra.environments.models import ENVIRONMENT_CONFIG_KEY, drain_time, lifecycle_tags
@@ -81,7 +81,8 @@ def declare(cluster: ResolvedCluster, environment_tags: dict[str, str] | None = 
         nodes_per_copy=cluster.nodes_per_copy, capacity=config.capacity,
         subnet_ids=network.node_subnet_ids,
         security_group_id=network.node_security_group_id, instance_profile_arn=identity.instance_profile_arn,
-        ami_id=config.ami_id, root_volume_gib=config.root_volume_gib, ssh_key_name=config.access.ssh_key_name,
+        image=image_choice(config.ami_id, config.region), root_volume_gib=config.root_volume_gib,
+        ssh_key_name=config.access.ssh_key_name,
         target_group_arns=[endpoint.target_group_arn] if endpoint else [],
         tags={**tags, **serving_tags(cluster)}, drain_at=drain_time(environment_tags)), opts=top)
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -226,6 +227,25 @@ class Monitoring(CatalogModel):
     node_exporter_port: int = Field(gt=0, lt=65536)
 
 
+class GpuImage(CatalogModel):
+    """The EC2 GPU node image: a family found by name, and the image pinned in each region where one is
+    known. AMI IDs differ per region and per release and are published only through the EC2 API."""
+
+    owner: str = Field(description="Image owner: an account id or 'amazon'")
+    name_pattern: str = Field(description="EC2 image name filter of the family (newest match at deploy time)")
+    architecture: Literal["x86_64", "arm64"]
+    region_ids: dict[str, str] = Field(
+        default_factory=dict, description="region -> pinned AMI id; a region without one uses the family's newest")
+
+    @model_validator(mode="after")
+    def _ids_are_amis(self) -> GpuImage:
+        bad = [f"{region}: {ami}" for region, ami in self.region_ids.items()
+               if not re.fullmatch(r"ami-[0-9a-f]{8,17}", ami)]
+        if bad:
+            raise ValueError(f"region_ids must map to AMI ids (ami-<8 to 17 hex digits>): {', '.join(bad)}")
+        return self
+
+
 class Software(CatalogModel):
     """The pinned host stack, installed as one set by the Ansible roles."""
 
@@ -239,6 +259,7 @@ class Software(CatalogModel):
     inference_engines: dict[Literal["vllm", "sglang"], InferenceEngine]
     boto3_version: str
     monitoring: Monitoring
+    gpu_image: GpuImage
     sources: SourceMap
 
     @model_validator(mode="after")
@@ -284,6 +305,9 @@ class Catalog(CatalogModel):
                     errors.append(f"{label}: source {sid!r} for {what} is not in sources.yaml")
         errors += [f"regions: source {sid!r} is not in sources.yaml" for sid in self.regions.sources
                    if sid not in self.sources]
+        region_names = {r.name for r in self.regions.regions}
+        errors += [f"software.gpu_image.region_ids: {name!r} is not a region in regions.yaml"
+                   for name in self.software.gpu_image.region_ids if name not in region_names]
         for inst in self.instances:
             if inst.price.source not in self.sources:
                 errors.append(f"{inst.name}: price source {inst.price.source!r} unknown")
