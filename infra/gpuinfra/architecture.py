@@ -63,10 +63,6 @@ class LayerParams:
     def active(self) -> int:
         return self.total - self.routed_experts + self.active_routed
 
-    @property
-    def non_routed(self) -> int:
-        return self.total - self.routed_experts
-
 
 @dataclass(frozen=True)
 class ModelArchitecture:

@@ -30,7 +30,6 @@ TAG_VALUE = re.compile(r"[\w .:/=+\-@]{1,256}")
 # node_expiry_grace_minutes default is the same 30 minutes; a test keeps them equal).
 SWITCH_GRACE = timedelta(minutes=30)
 
-Phase = Literal["creating", "ready", "serving", "failed"]
 State = Literal["creating", "ready", "serving", "idle", "expired", "failed"]
 
 
