@@ -301,3 +301,18 @@ def test_python_running_the_cli_module_also_works(tmp_path):
     done = subprocess.run([sys.executable, "-m", "gpuinfra.cli", "env", "ls", "--engine", "standin", "--backend",
                            f"file://{tmp_path}/s"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "no environments" in done.stdout
+
+
+@pytest.mark.parametrize("corrupt", [b"{not json", b"[1, 2]", b'{"version": 1, "tags": {"a": 1}}'])
+def test_corrupt_backend_state_is_refused_by_name_and_left_as_it_is(env, capsys, corrupt):
+    """A hand-edited or torn stack tags file: exit 2 naming the file, no traceback, nothing written over it."""
+    assert env("up", "dev-7b", "--name", "t", "--ttl", "2h")[0] == 0
+    capsys.readouterr()
+    tags_file = env.state / env.backend.tags_key("t")
+    tags_file.write_bytes(corrupt)
+    for argv in (["ls"], ["extend", "t", "--ttl", "1h"], ["down", "t"]):
+        rc, _ = env(*argv)
+        err = capsys.readouterr().err
+        assert rc == 2, (argv, err)
+        assert err.startswith("error: --backend: ") and "t.pulumi-tags" in err and "Traceback" not in err
+    assert tags_file.read_bytes() == corrupt

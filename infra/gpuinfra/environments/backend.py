@@ -211,14 +211,29 @@ class Backend:
                       if key.endswith(".json") and "/" not in key[len(prefix):])
 
     def read_json(self, key: str) -> dict | None:
+        """KEY's JSON object, or None when absent. A file that is not a JSON object is refused by name (a
+        hand edit or a torn write): exit 2, and nothing is written over it."""
         data = self.store.read(key)
-        return None if data is None else json.loads(data)
+        if data is None:
+            return None
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise InputError([Problem("--backend", f"{key} is not valid JSON ({str(exc)[:80]}): repair or remove "
+                                                   "it")]) from None
+        if not isinstance(document, dict):
+            raise InputError([Problem("--backend", f"{key} holds a JSON {type(document).__name__}, not an object")])
+        return document
 
     def write_json(self, key: str, document: dict) -> None:
         self.store.write(key, json.dumps(document, indent=4, sort_keys=True).encode())
 
     def tags(self, stack: str) -> dict[str, str]:
-        return (self.read_json(self.tags_key(stack)) or {}).get("tags", {})
+        key = self.tags_key(stack)
+        tags = (self.read_json(key) or {}).get("tags", {})
+        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise InputError([Problem("--backend", f"{key}: 'tags' must map names to strings")])
+        return tags
 
     def set_tags(self, stack: str, tags: dict[str, str]) -> None:
         merged = {**self.tags(stack), **tags}
