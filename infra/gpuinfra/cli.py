@@ -43,6 +43,8 @@ def _number(text: str | None, flag: str, problems: list[Problem], kind: Callable
     if text is None:
         return None
     try:
+        if not text.isascii() or "_" in text:  # int() and float() also take "1_000" and other scripts' digits
+            raise ValueError(text)
         value = kind(text)
     except ValueError:
         problems.append(Problem(flag, f"must be a {'whole number' if kind is int else 'number'}, got {text[:40]!r}"))

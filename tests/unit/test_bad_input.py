@@ -415,6 +415,9 @@ def test_model_config_files_are_bounded(tmp_path, capsys):
     (["--max-nodes", "100000"], "--max-nodes: must be at most 64"),
     (["--concurrency", "10000000000"], "--concurrency: must be at most 65,536"),
     (["--context", "1e9"], "--context: must be a whole number, got '1e9'"),
+    (["--concurrency", "1_000"], "--concurrency: must be a whole number, got '1_000'"),
+    (["--concurrency", "\uff18"], "--concurrency: must be a whole number"),  # a fullwidth 8
+    (["--gpu-memory-utilization", "0.\u0669"], "--gpu-memory-utilization: must be a number"),  # Arabic-Indic 9
     (["--gpu-memory-utilization", "nan"], "--gpu-memory-utilization: must be a finite number"),
     (["--gpu-memory-utilization", "inf"], "--gpu-memory-utilization: must be a finite number"),
     (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: must be at most 1"),
