@@ -261,8 +261,11 @@ def test_existing_cluster_by_context_creates_no_aws_resources():
 
 def test_eks_node_groups_come_from_the_shared_launch_templates():
     result = preview("eks-r1")
-    groups = [r for r in result.resources if r.type == "aws:eks/nodeGroup:NodeGroup"]
-    templates = {r.name: r for r in result.resources if r.type == "aws:ec2/launchTemplate:LaunchTemplate"}
+    (eks,) = [r for r in result.resources if r.type == "gpuinfra:kubernetes:EksCluster"]
+    # The GPU groups and their templates are the cluster's own children; the system group is a component's.
+    groups = [r for r in result.resources if r.type == "aws:eks/nodeGroup:NodeGroup" and r.parent == eks.name]
+    templates = {r.name: r for r in result.resources if r.type == "aws:ec2/launchTemplate:LaunchTemplate"
+                 and r.parent == eks.name}
     assert len(groups) == 1
     group = groups[0].inputs
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]

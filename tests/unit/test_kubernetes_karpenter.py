@@ -104,13 +104,16 @@ def test_the_gpu_node_groups_give_way_to_a_system_node_group(stack):
     (template,) = aws(stack, "aws:ec2/launchTemplate:LaunchTemplate", *KARPENTER)  # the system nodes' only
     assert template.inputs["metadataOptions"]["httpTokens"] == "required"
     assert template.inputs["blockDeviceMappings"][0]["ebs"]["encrypted"] == "true"
-    assert len(aws(stack, "aws:eks/nodeGroup:NodeGroup")) == len(resolve_stack(stack).instance_types)
+    # The managed mode has the same system group plus one GPU group per approved type.
+    managed = aws(stack, "aws:eks/nodeGroup:NodeGroup")
+    assert len(managed) == len(resolve_stack(stack).instance_types) + 1
+    assert [g.inputs for g in managed if "taints" not in g.inputs] == [system.inputs]
 
 
 @pytest.mark.parametrize("stack", ["eks-70b", "eks-r1"])
 def test_pools_carry_the_node_groups_labels_and_taint(stack):
     managed = {g.inputs["labels"]["gpuinfra.io/instance-type"]: g.inputs
-               for g in aws(stack, "aws:eks/nodeGroup:NodeGroup")}
+               for g in aws(stack, "aws:eks/nodeGroup:NodeGroup") if "gpuinfra.io/instance-type" in g.inputs["labels"]}
     for name, pool in pools(stack, *KARPENTER).items():
         template = pool["spec"]["template"]
         assert template["metadata"]["labels"] == managed[name]["labels"]
@@ -185,7 +188,8 @@ def test_disruption_suits_long_lived_serving():
 
 @pytest.mark.parametrize("stack", ["eks-70b", "eks-r1"])
 def test_node_class_carries_the_launch_templates_settings(stack):
-    templates = {t.inputs["instanceType"]: t.inputs for t in aws(stack, "aws:ec2/launchTemplate:LaunchTemplate")}
+    templates = {t.inputs["instanceType"]: t.inputs for t in aws(stack, "aws:ec2/launchTemplate:LaunchTemplate")
+                 if "instanceType" in t.inputs}  # the GPU templates (the system nodes' names no type)
     by_name = {c["metadata"]["name"]: c["spec"] for c in of_kind(stack, "EC2NodeClass", *KARPENTER)}
     for name, pool in pools(stack, *KARPENTER).items():
         spec = by_name[pool["spec"]["template"]["spec"]["nodeClassRef"]["name"]]
@@ -305,4 +309,5 @@ def test_bad_karpenter_stacks_are_refused_with_the_field(sets, path, reason, err
 def test_managed_node_groups_stay_the_default():
     assert resolve_stack("eks-70b").config.target.node_provisioning == "managed-node-groups"
     assert not of_kind("eks-70b", "NodePool") and not aws("eks-70b", "kubernetes:helm.sh/v3:Release")
-    assert len(aws("eks-70b", "aws:eks/nodeGroup:NodeGroup")) == 2
+    groups = aws("eks-70b", "aws:eks/nodeGroup:NodeGroup")  # the two approved types and the system group
+    assert len(groups) == len(resolve_stack("eks-70b").instance_types) + 1 == 3

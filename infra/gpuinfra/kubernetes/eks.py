@@ -2,7 +2,8 @@
 each launched from gpuinfra.aws.node_pool's launch-template code (EFA on every network card, the cluster
 placement group for a copy over several nodes, IMDSv2, encrypted root, the NVMe RAID0 unit in the user
 data), labelled with its type and tainted `nvidia.com/gpu:NoSchedule`; or, with `node_provisioning:
-karpenter`, Karpenter's AWS parts and system nodes instead (gpuinfra.kubernetes.karpenter). Plain pulumi-aws
+karpenter`, Karpenter's AWS parts instead (gpuinfra.kubernetes.karpenter). In both modes, an untainted
+system node group for CoreDNS and the controllers (gpuinfra.kubernetes.system_nodes). Plain pulumi-aws
 `eks` resources, not the pulumi-eks component, so the mocks and the policy pack see every one."""
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from gpuinfra.aws.node_pool import LaunchTemplateSpec, gpu_launch_template, reso
 from gpuinfra.boot import RAID_UNIT_NAME, cloud_config
 from gpuinfra.catalog import find_instance_type
 from gpuinfra.config import ResolvedCluster
-from gpuinfra.kubernetes.karpenter import EKS_NODE_POLICIES, KarpenterAws, KarpenterAwsArgs, gpu_node_labels
+from gpuinfra.kubernetes.karpenter import KarpenterAws, KarpenterAwsArgs, gpu_node_labels
 from gpuinfra.kubernetes.objects import GPU, RUN_AS
 from gpuinfra.kubernetes.serving_plan import NODE_MODELS_DIR, PodPlan, replica_bounds, serving_nodes
+from gpuinfra.kubernetes.system_nodes import EKS_NODE_POLICIES, SystemNodeGroup, SystemNodeGroupArgs
+from gpuinfra.kubernetes.target import EksTarget
 
 AMI_TYPE = "AL2023_x86_64_NVIDIA"  # driver, container toolkit and EFA in the AMI; nodeadm bootstraps it
 ROOT_DEVICE = "/dev/xvda"
@@ -72,7 +75,7 @@ class EksClusterArgs:
     node_role_name: pulumi.Input[str]
     node_role_arn: pulumi.Input[str]
     tags: dict[str, str]  # the stack's tags plus the serving request (gpuinfra:*) the policies size against
-    system_tags: dict[str, str]  # the stack's tags alone, for what serves no model (Karpenter's parts)
+    system_tags: dict[str, str]  # the stack's tags alone, for what serves no model (system nodes, Karpenter)
 
 
 class EksCluster(pulumi.ComponentResource):
@@ -81,6 +84,7 @@ class EksCluster(pulumi.ComponentResource):
     node_group_names: dict[str, pulumi.Output[str]]
     gpu_security_group_ids: list[pulumi.Input[str]]
     placement_group_name: pulumi.Output[str] | None
+    system_nodes: SystemNodeGroup  # both modes: where CoreDNS and the controllers run
     karpenter: KarpenterAws | None  # node_provisioning karpenter: its AWS parts
 
     def __init__(self, name: str, args: EksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -98,13 +102,18 @@ class EksCluster(pulumi.ComponentResource):
         self.node_group_names = {}
         self.gpu_security_group_ids = [args.node_security_group_id, eks.vpc_config.cluster_security_group_id]
         self.placement_group_name = placement.name if placement else None
+        target = config.target
+        assert isinstance(target, EksTarget)  # gpuinfra.kubernetes.program builds an EksCluster for kind eks only
+        self.system_nodes = SystemNodeGroup(f"{name}-system", SystemNodeGroupArgs(
+            cluster_name=eks.name, partition=partition, settings=target.system_nodes,
+            subnet_ids=args.control_plane_subnet_ids, security_group_ids=self.gpu_security_group_ids,
+            tags=args.system_tags), opts=child)
+        self.node_group_names["system"] = self.system_nodes.node_group_name
         self.karpenter = None
-        if config.target.node_provisioning == "karpenter":
+        if target.node_provisioning == "karpenter":
             self.karpenter = KarpenterAws(f"{name}-karpenter", KarpenterAwsArgs(
                 cluster=eks, partition=partition, region=config.region, node_role_arn=args.node_role_arn,
-                node_subnet_ids=args.node_subnet_ids, security_group_ids=self.gpu_security_group_ids,
                 tags=args.system_tags), opts=child)
-            self.node_group_names["system"] = self.karpenter.system_node_group.node_group_name
         else:
             self._gpu_node_groups(name, args, eks, child)
         self.cluster_name = eks.name

@@ -6,8 +6,8 @@ root of gpuinfra.aws.node_pool, the same RAID0 cloud-config part, the cluster pl
 copy) and the NodePool the node groups' labels and taint, plus an `nvidia.com/gpu` limit of the whole copies
 the budget pays for (gpuinfra.kubernetes.serving_plan.node_pool_gpu_limit). The stack installs Karpenter
 itself: its controller role (EKS Pod Identity), the interruption queue and its EventBridge rules, an access
-entry for the node role, two small system nodes for the controller (Karpenter cannot run on the nodes it
-launches), and the pinned Helm charts.
+entry for the node role, and the pinned Helm charts; the controller runs on the cluster's system nodes
+(gpuinfra.kubernetes.system_nodes: Karpenter cannot run on the nodes it launches).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from gpuinfra.aws.identity import assume_role_policy
 from gpuinfra.aws.node_pool import (
     IMDS_HOP_LIMIT,
     ROOT_IOPS,
@@ -33,6 +32,7 @@ from gpuinfra.catalog import InstanceType
 from gpuinfra.config import CapacityBlock, CapacityReservation, CreateVpc, ResolvedCluster
 from gpuinfra.kubernetes.objects import ANNOTATION, GPU, scaling_behavior
 from gpuinfra.kubernetes.serving_plan import PodPlan, node_pool_gpu_limit
+from gpuinfra.kubernetes.system_nodes import SYSTEM_SELECTOR
 
 # 1.11 is the first with EC2NodeClass placementGroupSelector (a multi-node copy's cluster placement group).
 KARPENTER_VERSION = "1.14.1"
@@ -42,14 +42,9 @@ NODE_CLASS_GROUP = "karpenter.k8s.aws"
 NODE_CLASS_API = f"{NODE_CLASS_GROUP}/v1"
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "karpenter"
-# The controller's home (and CoreDNS's, the LWS and KEDA controllers'): not GPU nodes, which are tainted.
-SYSTEM_INSTANCE_TYPE = "m7i.large"
-SYSTEM_NODES = 2
-SYSTEM_ROOT_GIB = 50
-SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
-SYSTEM_LABEL = f"{ANNOTATION}/node-role"
+# Leader election needs two; the chart keeps them on different nodes, and target.system_nodes.count >= 2.
+CONTROLLER_REPLICAS = 2
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-EKS_NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 CAPACITY_TYPES = {"on-demand": "on-demand", "spot": "spot", "capacity-reservation": "reserved",
                   "capacity-block": "reserved"}
 BUDGET_ANNOTATION = f"{ANNOTATION}/hourly-budget-usd"
@@ -156,9 +151,9 @@ def chart_values(cluster_name: pulumi.Input[str], queue_name: pulumi.Input[str])
     return {
         "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
         "serviceAccount": {"name": SERVICE_ACCOUNT},
-        "replicas": SYSTEM_NODES,
+        "replicas": CONTROLLER_REPLICAS,
         "dnsPolicy": "Default",  # the controller must start before CoreDNS has a node
-        "nodeSelector": {SYSTEM_LABEL: "system"},
+        "nodeSelector": SYSTEM_SELECTOR,  # Karpenter cannot run on the nodes it launches
         "controller": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                                      "limits": {"cpu": "1", "memory": "1Gi"}}},
     }
@@ -270,17 +265,15 @@ class KarpenterAwsArgs:
     partition: str
     region: str
     node_role_arn: pulumi.Input[str]
-    node_subnet_ids: list[pulumi.Input[str]]
-    security_group_ids: list[pulumi.Input[str]]
     tags: dict[str, str]
 
 
 class KarpenterAws(pulumi.ComponentResource):
     """What Karpenter needs from AWS: the interruption queue fed by EventBridge, the controller's role through
-    EKS Pod Identity, an access entry so its nodes join, and the system nodes it runs on."""
+    EKS Pod Identity, and an access entry so its nodes join. The controller runs on the cluster's system nodes
+    (gpuinfra.kubernetes.system_nodes), which every EKS cluster of this stack has."""
 
     queue_name: pulumi.Output[str]
-    system_node_group: aws.eks.NodeGroup
 
     def __init__(self, name: str, args: KarpenterAwsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpuinfra:kubernetes:KarpenterAws", name, None, opts)
@@ -300,7 +293,6 @@ class KarpenterAws(pulumi.ComponentResource):
                                        opts=pulumi.ResourceOptions(parent=self, depends_on=[agent]))
         aws.eks.AccessEntry(f"{name}-nodes", cluster_name=args.cluster.name, principal_arn=args.node_role_arn,
                             type="EC2_LINUX", tags=args.tags, opts=child)
-        self.system_node_group = self._system_nodes(name, args, child)
         self.queue_name = queue.name
         self.register_outputs({"queue_name": self.queue_name})
 
@@ -318,39 +310,3 @@ class KarpenterAws(pulumi.ComponentResource):
                                             opts=child)
             aws.cloudwatch.EventTarget(f"{name}-{event}", rule=rule.name, arn=queue.arn, opts=child)
         return queue
-
-    def _system_role(self, name: str, args: KarpenterAwsArgs, child: pulumi.ResourceOptions) -> aws.iam.Role:
-        """A role of their own: the system nodes read no weights, and the GPU node role's access entry is the one
-        this stack makes for Karpenter's nodes (a managed node group on that role would make it too)."""
-        role = aws.iam.Role(f"{name}-system", description="gpuinfra system node (Karpenter, CoreDNS)",
-                            assume_role_policy=assume_role_policy(), tags=args.tags, opts=child)
-        for policy in EKS_NODE_POLICIES:
-            aws.iam.RolePolicyAttachment(f"{name}-system-{policy}", role=role.name,
-                                         policy_arn=f"arn:{args.partition}:iam::aws:policy/{policy}", opts=child)
-        return role
-
-    def _system_nodes(self, name: str, args: KarpenterAwsArgs, child: pulumi.ResourceOptions) -> aws.eks.NodeGroup:
-        """Two small nodes, IMDSv2 only and an encrypted root like the GPU nodes, for the controller."""
-        role = self._system_role(name, args, child)
-        template = aws.ec2.LaunchTemplate(
-            f"{name}-system", description="gpuinfra system node (Karpenter, CoreDNS, controllers)",
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=IMDS_HOP_LIMIT),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name="/dev/xvda", ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=SYSTEM_ROOT_GIB, volume_type=ROOT_VOLUME_TYPE, encrypted="true",
-                    delete_on_termination="true"))],
-            vpc_security_group_ids=args.security_group_ids, update_default_version=True,
-            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={
-                **args.tags, "Name": f"{name}-system"}) for kind in ("instance", "volume")],
-            tags=args.tags, opts=child)
-        return aws.eks.NodeGroup(
-            f"{name}-system", cluster_name=args.cluster.name, node_group_name=f"{name}-system",
-            node_role_arn=role.arn, subnet_ids=args.node_subnet_ids, ami_type=SYSTEM_AMI_TYPE,
-            instance_types=[SYSTEM_INSTANCE_TYPE], capacity_type="ON_DEMAND",
-            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(id=template.id, version=template.latest_version.apply(
-                str)),
-            scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=SYSTEM_NODES, desired_size=SYSTEM_NODES,
-                                                              max_size=SYSTEM_NODES),
-            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-            labels={SYSTEM_LABEL: "system"}, tags=args.tags, opts=child)

@@ -22,6 +22,7 @@ from gpuinfra.kubernetes.serving_plan import (
     node_pool_gpu_limit,
     replica_bounds,
 )
+from gpuinfra.kubernetes.system_nodes import SYSTEM_SELECTOR
 from gpuinfra.kubernetes.target import EksTarget
 from gpuinfra.kubernetes.workload import ModelServing, ModelServingArgs
 
@@ -40,6 +41,9 @@ def kubernetes_contract(cluster: ResolvedCluster, pods: PodPlan) -> dict[str, An
                 "pod": pods.model_dump(mode="json", exclude={"serving", "leader_argv", "worker_argv"})}
     if isinstance(target, EksTarget):
         contract["node_provisioning"] = target.node_provisioning
+        # Not in the $/h the plan prints or the budget checks: the catalog prices GPU types only.
+        contract["system_nodes"] = {**target.system_nodes.model_dump(), "label": SYSTEM_SELECTOR,
+                                    "in_hourly_budget": False}
         if target.node_provisioning == "karpenter":
             contract["node_pool_gpu_limits"] = {i.name: node_pool_gpu_limit(cluster, pods, i)
                                                 for i in cluster.instance_types}
@@ -91,7 +95,7 @@ def eks_cluster(cluster: ResolvedCluster, pods: PodPlan, tags: dict[str, str], s
         KarpenterNodePools(f"{name}-karpenter", KarpenterNodePoolsArgs(
             cluster=cluster, pods=pods, inputs=inputs, cluster_name=eks.cluster_name,
             queue_name=eks.karpenter.queue_name, root_device=ROOT_DEVICE), opts=pulumi.ResourceOptions(
-            providers={"kubernetes": k8s_provider}, depends_on=[eks.karpenter.system_node_group]))
+            providers={"kubernetes": k8s_provider}, depends_on=[eks.system_nodes.node_group]))
     outputs = {"availability_zones": node_zones or None, "vpc_id": network.vpc_id, "eks_cluster_name":
                eks.cluster_name, "node_group_names": eks.node_group_names, "node_role_name": identity.role_name}
     return k8s_provider, outputs

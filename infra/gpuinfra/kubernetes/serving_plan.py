@@ -211,6 +211,7 @@ def check_kubernetes_target(cluster: ResolvedCluster) -> PodPlan:
     """What only the sizing answer can tell: the common plan, the replicas against the nodes and the budget."""
     pods = pod_plan(cluster)
     config = cluster.config
+    check_system_nodes(config.target)
     scaling = config.target.autoscaling
     fewest, most = replica_bounds(cluster, pods)
     if scaling.kind != "none" and nodes_for(pods, fewest) > config.nodes:
@@ -228,6 +229,18 @@ def check_kubernetes_target(cluster: ResolvedCluster) -> PodPlan:
     if len(colours(cluster)) > 1:
         check_blue_green(cluster, pods, fewest, most)
     return pods
+
+
+def check_system_nodes(target: Any) -> None:
+    """A catalog type is a GPU type: as a system node it would be an untainted GPU node, outside the budget,
+    that any pod could land on."""
+    if not isinstance(target, EksTarget):
+        return
+    name = target.system_nodes.instance_type
+    if name in {i.name for i in load_catalog().instances}:
+        raise InputError([Problem("cluster.target.system_nodes.instance_type",
+                                  f"{name} is a GPU type; the system nodes run CoreDNS and the controllers "
+                                  "(e.g. m7i.large)")])
 
 
 def check_blue_green(cluster: ResolvedCluster, pods: PodPlan, fewest: int, most: int) -> None:

@@ -8,6 +8,7 @@ here (`target_problems`); those that need the sizing answer live in gpuinfra.kub
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +20,10 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
 KUBERNETES_MINOR = r"^1\.(2[5-9]|3[0-7])$"
 # An image reference: registry/name, then a tag or a digest (no `latest`, which is refused in target_problems).
 IMAGE = r"^[a-z0-9][a-z0-9._/:-]{0,254}(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$"
+# An EC2 type name (family, generation, attributes, size), and a Graviton one: a `g` among the attributes
+# (m7g, c7gn, t4g, x2gd), refused for the system nodes, whose AMI type is x86_64.
+INSTANCE_TYPE = r"^[a-z]+[0-9]+[a-z-]*\.[0-9a-z]+$"
+GRAVITON_TYPE = r"^[a-z]+[0-9]+[a-z-]*g[a-z-]*\."
 # Models whose answers carry a long reasoning trace: end-to-end latency is tens of seconds by design.
 REASONING_MODEL_PREFIXES = ("deepseek-r1",)
 
@@ -108,6 +113,17 @@ class KubernetesTarget(TargetModel):
         return value
 
 
+class SystemNodes(TargetModel):
+    """The untainted node group every EKS cluster of this stack gets: the GPU nodes are tainted, so CoreDNS,
+    the Karpenter, KEDA, LWS and Prometheus controllers need somewhere else to run."""
+
+    instance_type: str = Field("m7i.large", pattern=INSTANCE_TYPE,
+                               description="An x86_64 type without GPUs (the nodes run AL2023_x86_64_STANDARD); "
+                                           "its cost is not in hourly_budget_usd, which prices GPU nodes")
+    count: int = Field(2, ge=2, le=20, description="Nodes, spread over the control plane's zones (two at least: "
+                                                   "CoreDNS's and Karpenter's two replicas, one drained at a time)")
+
+
 class EksTarget(KubernetesTarget):
     kind: Literal["eks"] = Field(description="Create an EKS cluster with one GPU node group per approved type")
     node_provisioning: Literal["managed-node-groups", "karpenter"] = Field(
@@ -115,6 +131,8 @@ class EksTarget(KubernetesTarget):
                                            "karpenter: one Karpenter NodePool and EC2NodeClass per approved type, "
                                            "GPUs limited by hourly_budget_usd (Karpenter installed by the stack)")
     public_endpoint: bool = Field(False, description="Expose the EKS API publicly (default: private only)")
+    system_nodes: SystemNodes = Field(default_factory=SystemNodes,
+                                      description="The untainted system node group (both node provisioning modes)")
 
 
 class ClusterTarget(KubernetesTarget):
@@ -164,6 +182,10 @@ def target_problems(config: Any) -> list[tuple[str, str]]:
                                               "show that twice the GPUs fit within it"))
     if isinstance(target, EksTarget) and target.node_provisioning == "karpenter":
         problems += karpenter_problems(config)
+    if isinstance(target, EksTarget) and re.match(GRAVITON_TYPE, target.system_nodes.instance_type):
+        problems.append(("target.system_nodes.instance_type", f"{target.system_nodes.instance_type} is a Graviton "
+                                                              "(arm64) type; the system nodes run x86_64 "
+                                                              "(AL2023_x86_64_STANDARD)"))
     cache = target.weights_cache
     if cache.storage_class and cache_kind(target) != "volume-claim":
         problems.append(("target.weights_cache.storage_class", "applies to kind: volume-claim only"))
