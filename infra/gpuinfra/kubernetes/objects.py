@@ -263,7 +263,7 @@ def claim_templates(cluster: ResolvedCluster, pods: PodPlan) -> list[dict[str, A
     return [{"metadata": {"name": "models"}, "spec": spec}]
 
 
-def stateful_set_spec(cluster: ResolvedCluster, pods: PodPlan, *, name: str, template: dict[str, Any],
+def stateful_set_spec(cluster: ResolvedCluster, pods: PodPlan, *, template: dict[str, Any],
                       service_name: str, colour: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "serviceName": service_name,

@@ -125,7 +125,7 @@ class ModelServing(pulumi.ComponentResource):
         meta = {**meta, "annotations": serving_skips(pods)}
         if pods.group_size == 1:
             k8s.apps.v1.StatefulSet(f"{own}-sts", metadata={"name": own, **meta}, spec=stateful_set_spec(
-                cluster, pods, name=own, template=template("leader"), service_name=f"{name}-pods", colour=colour),
+                cluster, pods, template=template("leader"), service_name=f"{name}-pods", colour=colour),
                 opts=opts)
             return {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": own}
         k8s.apiextensions.CustomResource(
