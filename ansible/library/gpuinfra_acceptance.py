@@ -17,6 +17,7 @@ options:
   measurements: {description: gpu_acceptance.py output, empty when skipped., type: dict, default: {}}
   thresholds: {description: Fractions of spec and absolute floors., type: dict, default: {}}
   min_driver: {description: Lowest acceptable driver version., type: str, default: "0"}
+  gpu_memory_tolerance: {description: "Fraction of the expected GPU memory a GPU must show (the contract's gpuinfra_constants.gpu_memory_tolerance).", type: float, required: true}
   raid_mount: {description: Mount point that must be mounted, empty to skip., type: str, default: ""}
   raid_mounted: {description: Whether raid_mount is a mount point., type: bool, default: false}
   min_hugepages: {description: HugePages that must be reserved., type: int, default: 0}
@@ -45,7 +46,8 @@ def _check(name: str, ok: bool | None, observed, expected) -> dict:
     return {"name": name, "status": status, "observed": observed, "expected": expected}
 
 
-def evaluate(hardware: dict, expected: dict, measurements: dict, thresholds: dict, *, min_driver: str = "0",
+def evaluate(hardware: dict, expected: dict, measurements: dict, thresholds: dict, *, gpu_memory_tolerance: float,
+             min_driver: str = "0",
              raid_mount: str = "", raid_mounted: bool = False, min_hugepages: int = 0,
              require_memlock_unlimited: bool = False) -> list[dict]:
     limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
@@ -63,7 +65,8 @@ def evaluate(hardware: dict, expected: dict, measurements: dict, thresholds: dic
     want_memory = expected.get("gpu_memory_gib")
     smallest = hardware.get("gpu_memory_gib")
     checks.append(_check("gpu-memory", None if not want_memory or smallest is None
-                         else smallest >= 0.97 * want_memory, smallest, f">= {0.97 * want_memory:.1f} GiB"
+                         else smallest >= gpu_memory_tolerance * want_memory, smallest,
+                         f">= {gpu_memory_tolerance * want_memory:.1f} GiB"
                          if want_memory else None))
     driver = hardware.get("driver_version")
     checks.append(_check("driver", None if not driver else version_tuple(driver) >= version_tuple(min_driver),
@@ -137,6 +140,7 @@ def main() -> None:
         "measurements": {"type": "dict", "default": {}},
         "thresholds": {"type": "dict", "default": {}},
         "min_driver": {"type": "str", "default": "0"},
+        "gpu_memory_tolerance": {"type": "float", "required": True},
         "raid_mount": {"type": "str", "default": ""},
         "raid_mounted": {"type": "bool", "default": False},
         "min_hugepages": {"type": "int", "default": 0},
@@ -145,6 +149,7 @@ def main() -> None:
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     checks = evaluate(p["hardware"], p["expected"], p["measurements"], p["thresholds"], min_driver=p["min_driver"],
+                      gpu_memory_tolerance=p["gpu_memory_tolerance"],
                       raid_mount=p["raid_mount"], raid_mounted=p["raid_mounted"], min_hugepages=p["min_hugepages"],
                       require_memlock_unlimited=p["require_memlock_unlimited"])
     failed = [c for c in checks if c["status"] == "fail"]

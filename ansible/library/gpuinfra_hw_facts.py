@@ -19,9 +19,9 @@ module: gpuinfra_hw_facts
 short_description: Gather GPU, CPU, memory, NVMe, RDMA and kernel facts for gpuinfra preflight and validation
 options:
   nvme_model:
-    description: Model string of instance-store NVMe drives.
+    description: Model string of instance-store NVMe drives (the contract's gpuinfra_constants.instance_store_model).
     type: str
-    default: Amazon EC2 NVMe Instance Storage
+    required: true
 """
 
 GPU_FIELDS = ("index", "name", "memory.total", "driver_version", "compute_cap", "ecc.mode.current",
@@ -218,9 +218,7 @@ def gather(nvme_model: str) -> dict:
 def main() -> None:
     from ansible.module_utils.basic import AnsibleModule
 
-    module = AnsibleModule(argument_spec={"nvme_model": {"type": "str",
-                                                         "default": "Amazon EC2 NVMe Instance Storage"}},
-                           supports_check_mode=True)
+    module = AnsibleModule(argument_spec={"nvme_model": {"type": "str", "required": True}}, supports_check_mode=True)
     module.exit_json(changed=False, ansible_facts={"gpuinfra_hardware": gather(module.params["nvme_model"])})
 
 

@@ -10,7 +10,11 @@ import yaml
 RAID_SCRIPT_PATH = "/usr/local/sbin/gpuinfra-instance-store-raid"
 RAID_UNIT_NAME = "gpuinfra-instance-store-raid.service"
 RAID_ENV_PATH = "/etc/default/gpuinfra-instance-store-raid"
+# The one definition of each (assets/instance-store-raid.sh repeats them as its defaults, because a boot-time
+# script cannot read Python: tests/unit/test_boot_constants.py fails when they differ). The hosts get them
+# through the inventory contract (contract.host_constants -> gpuinfra_constants).
 DEFAULT_MOUNT = "/mnt/nvme"
+INSTANCE_STORE_MODEL = "Amazon EC2 NVMe Instance Storage"  # what EC2's instance-store NVMe reports as its model
 
 
 def asset(name: str) -> str:
@@ -21,6 +25,8 @@ def raid_environment(mount_point: str = DEFAULT_MOUNT, devices: list[str] | None
     lines = [f"GPUINFRA_RAID_MOUNT={mount_point}"]
     if devices:
         lines.append(f"GPUINFRA_RAID_DEVICES=\"{' '.join(devices)}\"")
+    else:
+        lines.append(f"GPUINFRA_RAID_MODEL=\"{INSTANCE_STORE_MODEL}\"")
     return "\n".join(lines) + "\n"
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuinfra.boot import DEFAULT_MOUNT
+from gpuinfra.boot import DEFAULT_MOUNT, INSTANCE_STORE_MODEL
 from gpuinfra.catalog import InstanceType, find_gpu
-from gpuinfra.config import ResolvedCluster
+from gpuinfra.config import DEFAULT_SERVING_PORT, ResolvedCluster
 from gpuinfra.efa import efa_interfaces
 from gpuinfra.request import ServingRequest
 from gpuinfra.sizing import Evaluation, Precision, SizingRequest
@@ -16,6 +16,20 @@ from gpuinfra.sizing import Evaluation, Precision, SizingRequest
 # vLLM's --quantization for weights stored in another precision than the checkpoint's.
 VLLM_QUANTIZATION = {Precision.FP8: "fp8", Precision.INT4_AWQ: "awq", Precision.INT4_GPTQ: "gptq"}
 NODE_GROUP = "gpu_nodes"
+# A GPU shows a little less memory than its catalog size (ECC, the driver's reservation): preflight and
+# node acceptance accept this fraction of it.
+GPU_MEMORY_TOLERANCE = 0.97
+
+
+def host_constants() -> dict[str, Any]:
+    """The constants the hosts need, defined once on this side and exported as `gpuinfra_constants` (the
+    preflight role carries a copy for inventories that do not: tests/ansible/test_constants.py keeps it equal)."""
+    return {
+        "gpu_memory_tolerance": GPU_MEMORY_TOLERANCE,
+        "instance_store_model": INSTANCE_STORE_MODEL,
+        "raid_mount": DEFAULT_MOUNT,
+        "serving_port": DEFAULT_SERVING_PORT,
+    }
 
 
 def expected_hardware(instance: InstanceType) -> dict[str, Any]:

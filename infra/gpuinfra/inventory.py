@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpuinfra.catalog import find_instance_type, load_catalog
 from gpuinfra.config import RegionName, Sla, StackName
-from gpuinfra.contract import NODE_GROUP
+from gpuinfra.contract import NODE_GROUP, host_constants
 from gpuinfra.documents import load_json_object
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 from gpuinfra.request import ServingRequest
@@ -121,6 +121,7 @@ def group_vars(outputs: StackOutputs) -> dict[str, Any]:
         "gpuinfra_endpoint_dns_name": outputs.endpoint_dns_name,
         "gpuinfra_sla": outputs.sla.model_dump(mode="json") if outputs.sla else None,
         "gpuinfra_software": load_catalog().software.model_dump(mode="json", exclude={"sources"}),
+        "gpuinfra_constants": host_constants(),
     }
     if len(outputs.instance_types) == 1:
         variables["gpuinfra_instance_type"] = outputs.instance_types[0]

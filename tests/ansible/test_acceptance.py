@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ansible" / "library"))
 
 import gpuinfra_acceptance as acceptance  # noqa: E402
+from gpuinfra.contract import GPU_MEMORY_TOLERANCE  # noqa: E402
 import gpuinfra_hw_facts as facts  # noqa: E402
 
 VALIDATION = ROOT / "docs" / "validation"
@@ -52,7 +53,7 @@ def test_parse_meminfo_and_xid():
 
 def evaluate(data: dict, **options) -> dict[str, dict]:
     checks = acceptance.evaluate(data["hardware"], data["expected"], data["measurements"], {}, min_driver="570.0",
-                                 **options)
+                                 gpu_memory_tolerance=GPU_MEMORY_TOLERANCE, **options)
     return {c["name"]: c for c in checks}
 
 
@@ -128,7 +129,8 @@ def test_missing_or_failed_measurements_reject_the_node(measurements, why):
 def test_thresholds_are_configurable():
     data = report("h100-x1")
     checks = {c["name"]: c for c in acceptance.evaluate(data["hardware"], data["expected"], data["measurements"],
-                                                        {"bf16_matmul_fraction": 0.9})}
+                                                        {"bf16_matmul_fraction": 0.9},
+                                                        gpu_memory_tolerance=GPU_MEMORY_TOLERANCE)}
     assert checks["gpu0-bf16-matmul"]["status"] == "fail"
 
 

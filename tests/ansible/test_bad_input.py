@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpuinfra.boot import INSTANCE_STORE_MODEL
+from gpuinfra.contract import host_constants
 from tests.rigs.ansible_run import ANSIBLE_DIR, REPO, PlaybookRun
 
 BIN = REPO / ".venv" / "bin"
@@ -50,7 +52,7 @@ def hardware() -> dict:
     spec = importlib.util.spec_from_file_location("gpuinfra_hw_facts", ANSIBLE_DIR / "library" / "gpuinfra_hw_facts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.gather("Amazon EC2 NVMe Instance Storage")
+    return module.gather(INSTANCE_STORE_MODEL)
 
 
 def task_names(path: Path) -> set[str]:
@@ -85,7 +87,9 @@ def is_input_check(task: str) -> bool:
 
 def inventory(tmp_path: Path, group_vars: dict, *, with_hardware: bool = True) -> Path:
     host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    # Like a generated inventory: the contract's software stack and constants (gpuinfra inventory writes both).
     variables = {"ansible_become": False, "preflight_cpu_only": True, "gpuinfra_software": software(),
+                 "gpuinfra_constants": host_constants(),
                  "preflight_gpuinfra_cli": str(BIN / "gpuinfra"), **group_vars}
     if with_hardware:
         variables["gpuinfra_hardware"] = hardware()
@@ -332,8 +336,8 @@ def test_every_role_refuses_a_wrong_value_in_its_first_tasks(tmp_path):
              for role, (values, _) in STANDALONE.items()}
     path = tmp_path / "inventory.yml"
     path.write_text(yaml.safe_dump({"all": {"children": {"gpu_nodes": {"hosts": hosts, "vars": {
-        "ansible_become": False, "gpuinfra_software": software(), "gpuinfra_hardware": hardware(),
-        "preflight_cpu_only": True}}}}}))
+        "ansible_become": False, "gpuinfra_software": software(), "gpuinfra_constants": host_constants(),
+        "gpuinfra_hardware": hardware(), "preflight_cpu_only": True}}}}}))
     book = tmp_path / "roles.yml"
     book.write_text(yaml.safe_dump([{"name": "Each role on its own", "hosts": "gpu_nodes", "gather_facts": False,
                                      "tasks": [{"name": "Run the role", "ansible.builtin.include_role": {

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpuinfra.contract import host_constants
+
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
 RECORDED_CSV = (ROOT / "docs" / "validation" / "h100-x1" / "nvidia-smi-query-gpu.csv").read_text().strip()
@@ -84,7 +86,10 @@ def test_acceptance_rejects_a_node_whose_measurements_cannot_run(tmp_path):
     book = tmp_path / "acceptance.yml"
     book.write_text(yaml.safe_dump([{"name": "acceptance", "hosts": "gpu_nodes", "gather_facts": False,
                                      "roles": ["node_validation"]}]))
-    result = playbook(tmp_path, {"gpuinfra_expected_hardware": EXPECTED_H100, "node_validation_min_driver": "570.26"},
+    # A role on its own reads the contract's constants from the inventory (gpuinfra inventory writes them; in a
+    # run, preflight shares them).
+    result = playbook(tmp_path, {"gpuinfra_expected_hardware": EXPECTED_H100, "node_validation_min_driver": "570.26",
+                                 "gpuinfra_constants": host_constants()},
                       "-e", "node_validation_python=/bin/false", stand_in_gpu=True, book=book)
     joined = " ".join(result.stdout.split())
     assert result.returncode == 2, joined

@@ -120,3 +120,44 @@ def test_a_host_without_gpus_is_refused_unless_declared_cpu_only(converged, nspa
     result = run(nspawn_hosts, "validate.yml", "--limit", "h3", "-e", "preflight_cpu_only=false")
     assert result.returncode != 0
     assert "h3 shows no NVIDIA GPU on PCI and nvidia-smi is missing or failed" in result.output, result.tail()
+
+
+# Last in this file: it changes managed state on the converged hosts. Each role's probe (library/gpuinfra_state)
+# decides whether its converge tasks run; a drifted item must be seen, shown by --check, repaired by the next
+# run, and the run after that must change nothing.
+DRIFT = {
+    0: ["echo NCCL_DEBUG=INFO >> /etc/gpuinfra/nccl.env",          # a managed file edited
+        "systemctl disable --now containerd",                       # a managed unit disabled and stopped
+        "chmod 0600 /etc/profile.d/gpuinfra-cuda.sh",               # a managed file's mode
+        "echo FI_PROVIDER=tcp >> /etc/environment"],                 # a stale line the fabric role removes
+    1: ["sed -i s/=64/=32/ /etc/sysctl.d/60-gpuinfra-hugepages.conf",  # a sysctl setting changed
+        "rm /etc/apt/preferences.d/gpuinfra-nvidia-driver.pref"],    # a managed file removed
+}
+
+
+def test_drifted_files_units_and_sysctl_are_repaired_then_left_alone(converged, nspawn_hosts):
+    hosts, _ = nspawn_hosts
+    for index, commands in DRIFT.items():
+        hosts.ssh(hosts.hosts[index], "; ".join(commands))  # one string: the remote shell runs it
+    check = run(nspawn_hosts, "site.yml", "--check")
+    assert check.returncode == 0, check.tail()
+    assert check.changed()["h1"] >= 4 and check.changed()["h2"] >= 2 and check.changed()["h3"] == 0, \
+        check.changed_tasks()
+    assert "NCCL_DEBUG" in hosts.ssh(hosts.hosts[0], "cat", "/etc/gpuinfra/nccl.env").stdout  # check mode wrote nothing
+    repair = run(nspawn_hosts, "site.yml")
+    assert repair.returncode == 0, repair.tail()
+    assert {"fabric : Write the NCCL environment: h1", "container_runtime : Run containerd: h1",
+            "host_tuning : Reserve HugePages (sysctl, applied now where the kernel allows it): h2",
+            "nvidia_driver : Pin every NVIDIA driver package to exactly this version: h2"} <= \
+        set(repair.changed_tasks()), repair.changed_tasks()
+    h1, h2 = hosts.hosts[0], hosts.hosts[1]
+    assert "NCCL_DEBUG" not in hosts.ssh(h1, "cat", "/etc/gpuinfra/nccl.env").stdout
+    assert hosts.ssh(h1, "systemctl", "is-enabled", "containerd").stdout.strip() == "enabled"
+    assert hosts.ssh(h1, "systemctl", "is-active", "containerd").stdout.strip() == "active"
+    assert hosts.ssh(h1, "stat", "-c", "%a", "/etc/profile.d/gpuinfra-cuda.sh").stdout.strip() == "644"
+    assert "FI_PROVIDER" not in hosts.ssh(h1, "cat", "/etc/environment").stdout
+    assert "vm.nr_hugepages=64" in hosts.ssh(h2, "cat", "/etc/sysctl.d/60-gpuinfra-hugepages.conf").stdout
+    assert hosts.ssh(h2, "test", "-f", "/etc/apt/preferences.d/gpuinfra-nvidia-driver.pref", check=False).returncode == 0
+    again = run(nspawn_hosts, "site.yml")
+    assert again.returncode == 0, again.tail()
+    assert again.changed() == {"h1": 0, "h2": 0, "h3": 0}, again.changed_tasks()

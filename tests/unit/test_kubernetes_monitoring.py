@@ -33,7 +33,7 @@ def test_thresholds_are_the_roles_defaults(utilization):
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     expression = defaults["monitoring_gpu_memory_alert_ratio"]
     rendered = jinja2.Environment().from_string(expression).render(
-        inference_server_plan={"gpu_memory_utilization": utilization})
+        gpuinfra_serving_plan={"gpu_memory_utilization": utilization})
     assert float(rendered) == gpu_memory_alert_ratio(utilization)
     assert defaults["monitoring_gpu_temperature_alert_c"] == GPU_TEMPERATURE_ALERT_C
 
