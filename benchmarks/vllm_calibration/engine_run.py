@@ -31,7 +31,7 @@ MODEL_ROOT = Path(os.environ.get("CALIB_MODEL_ROOT", "/tmp/calib/models"))
 
 ENGINE_KEYS = ("dtype", "quantization", "kv_cache_dtype", "enforce_eager", "gpu_memory_utilization",
                "max_model_len", "max_num_batched_tokens", "max_num_seqs", "enable_prefix_caching",
-               "compilation_config", "async_scheduling", "seed")
+               "compilation_config", "async_scheduling", "tensor_parallel_size", "seed")
 
 
 def engine_kwargs(spec: dict) -> dict:

@@ -112,7 +112,30 @@ SPECS = [
     spec("m-llama-70b-fp8", "llama-70b", 45, 150, enforce_eager=True, quantization="fp8",
          gpu_memory_utilization=0.95),
     spec("m-llama-8b-gmu95", "llama-8b", 30, 120, enforce_eager=True, gpu_memory_utilization=0.95),
+    # Issue 15, prepared and never run (no multi-GPU kind lent so far): per-rank memory and speed at TP 2/4/8.
+    # A spec needing more GPUs than the machine has is skipped, and says so.
+    *[spec(f"p-llama-70b-tp{tp}", "llama-70b", 150, 330, {"closed_batch": CLOSED}, tensor_parallel_size=tp)
+      for tp in (2, 4, 8)],
+    *[spec(f"p-llama-70b-fp8-tp{tp}", "llama-70b", 150, 330, {"closed_batch": CLOSED}, tensor_parallel_size=tp,
+           quantization="fp8") for tp in (2, 4, 8)],
+    *[spec(f"p-qwen-32b-tp{tp}", "qwen-32b", 120, 300, {"closed_batch": CLOSED}, tensor_parallel_size=tp)
+      for tp in (2, 4, 8)],
+    *[spec(f"p-mla-v3-8l-tp{tp}", "deepseek-v3-8l", 90, 240, tensor_parallel_size=tp, enforce_eager=True,
+           env={"VLLM_DEEP_GEMM_WARMUP": "skip"}) for tp in (2, 4, 8)],
 ]
+
+
+def gpus_needed(item: dict) -> int:
+    return int(item.get("tensor_parallel_size") or 1)
+
+
+def gpus_here() -> int:
+    """GPUs on this machine (nvidia-smi -L); 0 when there is none."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listed.splitlines() if line.startswith("GPU "))
 
 
 def load_state() -> dict:
@@ -219,9 +242,13 @@ def main() -> int:
     only = {n for n in args.only.split(",") if n}
     skip = {n for n in args.skip.split(",") if n}
     ran = []
+    gpus = 8 if args.dry_run else gpus_here()
     for item in SPECS:
         name = item["name"]
         if (only and name not in only) or name in skip:
+            continue
+        if gpus_needed(item) > gpus:
+            print(f"-- {name}: needs {gpus_needed(item)} GPUs, this machine has {gpus}", flush=True)
             continue
         previous = state["results"].get(name)
         if previous and (previous.get("status") == "done" or not args.retry_failed):
@@ -253,7 +280,7 @@ def main() -> int:
             for path in (STATE / "serve").glob("*"):
                 if path.is_file() and path.suffix in (".log", ".json", ".txt"):
                     tar.add(path, arcname=f"serve/{path.name}")
-    pending = [i["name"] for i in SPECS if i["name"] not in state["results"]]
+    pending = [i["name"] for i in SPECS if i["name"] not in state["results"] and gpus_needed(i) <= gpus]
     summary = f"call {call}: ran {ran}; pending {pending}\n"
     (out / "summary.txt").write_text(summary)
     print(summary, flush=True)
