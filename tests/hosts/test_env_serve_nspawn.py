@@ -36,7 +36,7 @@ def env_hosts(tmp_path_factory):
     missing = nspawn.missing_tools()
     assert not missing, f"scripts/bootstrap.sh should have installed {missing}"
     repos = standin_repo.build(nspawn.base_rootfs(), software())
-    with nspawn.NspawnHosts(repos, count=2, prefix="gpe") as hosts:
+    with nspawn.NspawnHosts(repos, count=2, prefix=nspawn.run_prefix("gpie")) as hosts:
         yield hosts
 
 

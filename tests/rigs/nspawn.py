@@ -8,6 +8,7 @@ Everything `NspawnHosts` starts it stops: the containers by PID, then overlays, 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -66,13 +67,21 @@ class Host:
     process: subprocess.Popen | None = None
 
 
+def run_prefix(kind: str = "gpi") -> str:
+    """A name prefix of its own for one rig: its namespaces and machine names cannot meet another run's, so two
+    `make test` (or a test run and the benchmark) on one machine do not collide. Starts with "gpi" for cleanup."""
+    return f"{kind}{secrets.token_hex(2)}"
+
+
 @dataclass
 class NspawnHosts:
-    """`count` booted hosts named h1..hN on 10.77.0.0/24, reachable with `ssh_key` as root."""
+    """`count` booted hosts named h1..hN on 10.77.0.0/24, reachable with `ssh_key` as root. Each rig has its own
+    name prefix (namespaces, machine names) and its own SSH ControlPath directory (every rig answers on the same
+    addresses, and Ansible's default ControlPath is keyed by address, user and port only)."""
 
     repos: StandinRepos
     count: int = 3
-    prefix: str = "gpi"
+    prefix: str = field(default_factory=run_prefix)
     hosts: list[Host] = field(default_factory=list)
     workdir: Path | None = None
 
@@ -102,6 +111,7 @@ class NspawnHosts:
     def start(self) -> None:
         rootfs = base_rootfs()
         self.workdir = scratch_dir("nspawn-")
+        self.control_path_dir.mkdir()
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.ssh_key)
         br = self.bridge_namespace
         sh("ip", "netns", "add", br)
@@ -151,6 +161,11 @@ class NspawnHosts:
         sh("ip", "-n", host.namespace, "link", "set", "lo", "up")
         return host
 
+    @property
+    def control_path_dir(self) -> Path:
+        assert self.workdir
+        return self.workdir / "cp"
+
     def ssh_argv(self, host: Host, *command: str) -> list[str]:
         return self.netns_exec("ssh", "-i", self.ssh_key, "-o", "StrictHostKeyChecking=no", "-o",
                                "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3",
@@ -183,6 +198,8 @@ class NspawnHosts:
         document = {"all": {
             "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(self.ssh_key),
                      "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+                     # This rig's own multiplexed connections (see the class docstring).
+                     "ansible_control_path_dir": str(self.control_path_dir),
                      "ansible_python_interpreter": "/usr/bin/python3"},
             "children": {"gpu_nodes": {"hosts": hosts, "vars": group_vars}}}}
         path.write_text(yaml.safe_dump(document, sort_keys=False))
