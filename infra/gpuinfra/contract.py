@@ -68,7 +68,7 @@ def serving_plan(request: SizingRequest, evaluation: Evaluation, *, port: int, h
         "replicas_per_node": max(1, evaluation.replicas // max(1, evaluation.nodes)),
         "nodes": evaluation.nodes,
         "max_model_len": request.context_tokens,
-        "max_num_seqs": max(1, min(evaluation.max_concurrency_at_context * evaluation.nodes, 1024)),
+        "max_num_seqs": evaluation.max_num_seqs,
         "gpu_memory_utilization": request.gpu_memory_utilization,
         "max_num_batched_tokens": evaluation.max_num_batched_tokens,
         "quantization": VLLM_QUANTIZATION.get(precision) if precision.value != native else None,
