@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import emit  # noqa: E402
 from gpuinfra.contract import host_constants  # noqa: E402
+
+from benchmarks.report import emit  # noqa: E402
 from tests.hosts.conftest import HOST_VARS, host_group_vars, software  # noqa: E402
 from tests.rigs import nspawn, standin_repo  # noqa: E402
 from tests.rigs.ansible_run import ANSIBLE_DIR, run_playbook  # noqa: E402

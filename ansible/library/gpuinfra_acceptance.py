@@ -17,7 +17,12 @@ options:
   measurements: {description: gpu_acceptance.py output, empty when skipped., type: dict, default: {}}
   thresholds: {description: Fractions of spec and absolute floors., type: dict, default: {}}
   min_driver: {description: Lowest acceptable driver version., type: str, default: "0"}
-  gpu_memory_tolerance: {description: "Fraction of the expected GPU memory a GPU must show (the contract's gpuinfra_constants.gpu_memory_tolerance).", type: float, required: true}
+  gpu_memory_tolerance:
+    description: >-
+      Fraction of the expected GPU memory a GPU must show
+      (the contract's gpuinfra_constants.gpu_memory_tolerance).
+    type: float
+    required: true
   raid_mount: {description: Mount point that must be mounted, empty to skip., type: str, default: ""}
   raid_mounted: {description: Whether raid_mount is a mount point., type: bool, default: false}
   min_hugepages: {description: HugePages that must be reserved., type: int, default: 0}

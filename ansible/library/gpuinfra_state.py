@@ -146,7 +146,7 @@ def check_units(module, units: list[dict]) -> list[str]:
     if len(blocks) != len(names):
         return [f"systemctl show answered for {len(blocks)} of {len(names)} units"]
     drift = []
-    for unit, state in zip(units, blocks):
+    for unit, state in zip(units, blocks, strict=True):
         name = unit["name"]
         if state.get("LoadState") != "loaded":
             drift.append(f"{name}: {state.get('LoadState', 'unknown')}")
@@ -161,7 +161,8 @@ def check_units(module, units: list[dict]) -> list[str]:
             else:
                 ok = file_state not in ("enabled", "enabled-runtime")
             if not ok:
-                drift.append(f"{name}: {file_state or 'unknown'}, wanted {'enabled' if unit['enabled'] else 'disabled'}")
+                wanted = "enabled" if unit["enabled"] else "disabled"
+                drift.append(f"{name}: {file_state or 'unknown'}, wanted {wanted}")
         if unit.get("active") is not None:
             active = state.get("ActiveState") in ("active", "activating", "reloading")
             if active != bool(unit["active"]):

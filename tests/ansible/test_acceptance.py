@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ansible" / "library"))
 
 import gpuinfra_acceptance as acceptance  # noqa: E402
-from gpuinfra.contract import GPU_MEMORY_TOLERANCE  # noqa: E402
 import gpuinfra_hw_facts as facts  # noqa: E402
+from gpuinfra.contract import GPU_MEMORY_TOLERANCE  # noqa: E402
 
 VALIDATION = ROOT / "docs" / "validation"
 MACHINES = ["h100-x1", "h200-x2"]

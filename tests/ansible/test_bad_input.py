@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from gpuinfra.boot import INSTANCE_STORE_MODEL
 from gpuinfra.contract import host_constants
+
 from tests.rigs.ansible_run import ANSIBLE_DIR, REPO, PlaybookRun
 
 BIN = REPO / ".venv" / "bin"

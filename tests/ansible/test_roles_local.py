@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from gpuinfra.contract import host_constants
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,10 +3,10 @@ it misses would never be repaired, so each kind of check is shown to see a chang
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
 import pwd
-import grp
 import sys
 from pathlib import Path
 
@@ -37,7 +37,8 @@ def test_file_content_mode_owner(tmp_path):
 
 
 def test_directory_and_lines(tmp_path):
-    assert state.check_directory({"path": str(tmp_path / "d"), "mode": "0755"}) == [f"{tmp_path / 'd'}: missing directory"]
+    missing = state.check_directory({"path": str(tmp_path / "d"), "mode": "0755"})
+    assert missing == [f"{tmp_path / 'd'}: missing directory"]
     env = tmp_path / "environment"
     env.write_text('PATH="/usr/bin"\n')
     absent = {"path": str(env), "regexp": r"^\s*(export\s+)?(NCCL_|FI_)[A-Z_]+="}

@@ -157,7 +157,8 @@ def test_drifted_files_units_and_sysctl_are_repaired_then_left_alone(converged, 
     assert hosts.ssh(h1, "stat", "-c", "%a", "/etc/profile.d/gpuinfra-cuda.sh").stdout.strip() == "644"
     assert "FI_PROVIDER" not in hosts.ssh(h1, "cat", "/etc/environment").stdout
     assert "vm.nr_hugepages=64" in hosts.ssh(h2, "cat", "/etc/sysctl.d/60-gpuinfra-hugepages.conf").stdout
-    assert hosts.ssh(h2, "test", "-f", "/etc/apt/preferences.d/gpuinfra-nvidia-driver.pref", check=False).returncode == 0
+    pin = "/etc/apt/preferences.d/gpuinfra-nvidia-driver.pref"
+    assert hosts.ssh(h2, "test", "-f", pin, check=False).returncode == 0
     again = run(nspawn_hosts, "site.yml")
     assert again.returncode == 0, again.tail()
     assert again.changed() == {"h1": 0, "h2": 0, "h3": 0}, again.changed_tasks()
