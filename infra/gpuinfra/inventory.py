@@ -275,6 +275,8 @@ def write_directory(outputs: StackOutputs, directory: Path) -> list[Path]:
         Path("group_vars") / f"{NODE_GROUP}.yml": "# Written by `gpuinfra inventory`; regenerate rather than edit.\n"
                                                    + dump_inventory_yaml(variables),
     }
+    if directory.is_symlink():  # write where the link points: swapping the directory in must keep the link
+        directory = directory.resolve()
     check_output_directory(directory)
     staging = previous = None
     try:

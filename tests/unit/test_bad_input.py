@@ -324,6 +324,19 @@ def test_inventory_output_is_all_or_nothing(tmp_path, capsys):
     assert code == 0 and tree(target) == first
 
 
+def test_inventory_output_through_a_symlink_writes_the_target_and_keeps_the_link(tmp_path, capsys):
+    real = tmp_path / "inventories" / "prod"
+    real.mkdir(parents=True)
+    (real / "host_vars").mkdir()
+    (real / "host_vars" / "keep.yml").write_text("mine: 1\n")
+    link = tmp_path / "inv"
+    link.symlink_to(real, target_is_directory=True)
+    code, _, err = cli("inventory", "prod-r1", "--output", str(link), cwd=tmp_path, capsys=capsys)
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real / "aws_ec2.yml").is_file() and (real / "host_vars" / "keep.yml").read_text() == "mine: 1\n"
+
+
 @pytest.mark.slow  # real gpuinfra and ansible processes
 def test_input_values_are_data_not_code(tmp_path, r1_outputs):
     """A hostile value in the outputs reaches Ansible as the literal string: never rendered."""
