@@ -68,8 +68,10 @@ def served(env_hosts, tmp_path_factory):
     document = yaml.safe_load(inventory.read_text())
     document["all"]["children"]["monitoring"] = {"hosts": {"h2": {}}}  # Prometheus runs on h2
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+    # gpuinfra writes its own inventory from --hosts-inventory: the rig's private SSH ControlPath directory reaches
+    # the playbook runs through Ansible's environment instead, so they never share another rig's connections.
     environ = {**os.environ, "GPUINFRA_BACKEND": f"file://{work / 'state'}", "GPUINFRA_ENGINE": "standin",
-               "GPUINFRA_HOME": str(work / "home")}
+               "GPUINFRA_HOME": str(work / "home"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(hosts.control_path_dir)}
 
     def gpuinfra(*argv: str, timeout: float = 1800) -> subprocess.CompletedProcess:
         return subprocess.run(hosts.netns_exec(GPUINFRA, *argv), env=environ, capture_output=True, text=True,
