@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from gpuinfra.catalog import InstanceType, find_gpu, find_instance_type, find_model, load_catalog, region_problem
+from gpuinfra.catalog.schema import AMI_ID
 from gpuinfra.documents import kind_of, load_yaml, parse_yaml
 from gpuinfra.errors import InfeasibleError, InputError, Problem, problems_from_validation_error
 from gpuinfra.kubernetes.target import Ec2Target, Target, target_problems
@@ -230,7 +231,7 @@ class ClusterConfig(ServingRequest):
     network: NetworkConfig = Field(default_factory=CreateVpc)
     access: Access = Field(default_factory=Access)
     weights: Weights
-    ami_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="Override the GPU AMI lookup")
+    ami_id: str | None = Field(None, pattern=AMI_ID, description="Override the GPU AMI lookup")
     root_volume_gib: int | None = Field(None, ge=100, le=16384, description="Root EBS volume; default 200 GiB (OS, "
                                                                          "drivers, images: weights use the NVMe)")
     endpoint: Endpoint = Field(default_factory=Endpoint)

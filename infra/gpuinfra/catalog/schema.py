@@ -227,6 +227,9 @@ class Monitoring(CatalogModel):
     node_exporter_port: int = Field(gt=0, lt=65536)
 
 
+AMI_ID = r"^ami-[0-9a-f]{8,17}$"  # an EC2 image id: the catalog's pins and a stack's ami_id
+
+
 class GpuImage(CatalogModel):
     """The EC2 GPU node image: a family found by name, and the image pinned in each region where one is
     known. AMI IDs differ per region and per release and are published only through the EC2 API."""
@@ -239,8 +242,7 @@ class GpuImage(CatalogModel):
 
     @model_validator(mode="after")
     def _ids_are_amis(self) -> GpuImage:
-        bad = [f"{region}: {ami}" for region, ami in self.region_ids.items()
-               if not re.fullmatch(r"ami-[0-9a-f]{8,17}", ami)]
+        bad = [f"{region}: {ami}" for region, ami in self.region_ids.items() if not re.fullmatch(AMI_ID, ami)]
         if bad:
             raise ValueError(f"region_ids must map to AMI ids (ami-<8 to 17 hex digits>): {', '.join(bad)}")
         return self
