@@ -1,5 +1,6 @@
-"""The package state a role reads once (library/gpuinfra_package_facts.py) and the filters that decide from it
-whether an apt or dpkg_selections task has anything to do (filter_plugins/gpuinfra_packages.py)."""
+"""The package state a role reads once (module_utils/gpuinfra_dpkg.py, run by the gpuinfra_package_facts module
+and its action plugin) and the filters that decide from it whether an apt or dpkg_selections task has anything to
+do (filter_plugins/gpuinfra_packages.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def load(path: Path):
     return module
 
 
-facts = load(ANSIBLE / "library" / "gpuinfra_package_facts.py")
+facts = load(ANSIBLE / "module_utils" / "gpuinfra_dpkg.py")
 filters = load(ANSIBLE / "filter_plugins" / "gpuinfra_packages.py")
 
 DPKG = ("containerd\t1.6.20~ds1-1+b1\tinstall\tinstalled\n"

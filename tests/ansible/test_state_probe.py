@@ -1,5 +1,5 @@
-"""library/gpuinfra_state: the one read-only probe per role that decides whether its converge tasks run. A drift
-it misses would never be repaired, so each kind of check is shown to see a change."""
+"""gpuinfra_state (module_utils/gpuinfra_probe.py): the one read-only probe per role that decides whether its
+converge tasks run. A drift it misses would never be repaired, so each kind of check is shown to see a change."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pwd
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ansible" / "library"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ansible" / "module_utils"))
 
-import gpuinfra_state as state  # noqa: E402
+import gpuinfra_probe as state  # noqa: E402
 
 ME, MY_GROUP = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
 
@@ -70,11 +70,10 @@ def test_systemctl_show_blocks():
     blocks = state.parse_systemctl_show(text)
     assert [b["Id"] for b in blocks] == ["containerd.service", "x.timer"]
 
-    class Module:
-        def run_command(self, argv, environ_update=None):
-            return 0, text, ""
+    def run(argv):
+        return 0, text, ""
 
-    drift = state.check_units(Module(), [{"name": "containerd.service", "enabled": True, "active": True},
+    drift = state.check_units(run, [{"name": "containerd.service", "enabled": True, "active": True},
                                          {"name": "x.timer", "enabled": True}])
     assert drift == ["containerd.service: disabled, wanted enabled", "containerd.service: inactive, wanted active",
                      "x.timer: not-found"]

@@ -1,0 +1,131 @@
+"""The two paths of the probes give one answer. gpuinfra_state and gpuinfra_package_facts each have an action
+plugin that runs them without Ansible's module wrapper (the probe as a plain program on the host's Python, the
+package read as a plain dpkg-query), and fall back to the module where pipelining is off. Both paths run here for
+real with ansible-playbook over the local connection, on files this test writes."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+BIN = Path(sys.executable).parent
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = load(ANSIBLE / "module_utils" / "gpuinfra_probe.py")
+# The action plugin imports ansible-core, which this test package's name (tests/ansible) shadows in pytest's
+# process: its program is built in a Python of its own.
+BUILD_PROGRAM = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("plugin", sys.argv[1])
+plugin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plugin)
+sys.stdout.write(plugin.probe_program(json.loads(sys.stdin.read())))
+"""
+
+
+def probe_program(args: dict) -> str:
+    done = subprocess.run([sys.executable, "-c", BUILD_PROGRAM, str(ANSIBLE / "action_plugins" / "gpuinfra_state.py")],
+                          input=json.dumps(args), capture_output=True, text=True, check=True, cwd="/")
+    return done.stdout
+
+# Content that would break a program built by pasting it into source: quotes of every kind, a backslash, a
+# template marker and a line that closes a triple-quoted string.
+AWKWARD = "a='1'\nb=\"2\"\\n\n'''\n\"\"\"\n{{ x }} {args}\n"
+# The same through a playbook, less the template marker (a task's own arguments are templates).
+AWKWARD_DATA = AWKWARD.replace("{{ x }} ", "")
+
+
+def arguments(tmp_path: Path, content: str = AWKWARD) -> dict:
+    (tmp_path / "same.conf").write_text(content)
+    (tmp_path / "same.conf").chmod(0o644)
+    (tmp_path / "other.conf").write_text("changed\n")
+    (tmp_path / "stale").write_text("x\n")
+    return {"files": [{"path": str(tmp_path / "same.conf"), "content": content, "mode": "0644", "owner": None,
+                       "group": None},
+                      {"path": str(tmp_path / "other.conf"), "content": content, "owner": None, "group": None},
+                      {"path": str(tmp_path / "missing.conf"), "content": "x", "owner": None, "group": None}],
+            "absent": [str(tmp_path / "stale")],
+            "gpg_keys": [{"path": str(tmp_path / "same.conf"), "fingerprint": "0" * 40}],
+            "read": [str(tmp_path / "same.conf"), str(tmp_path / "nowhere")],
+            "exists": [str(tmp_path / "other.conf")],
+            "glob": [str(tmp_path / "*.conf")]}
+
+
+def with_defaults(args: dict) -> dict:
+    return {name: args.get(name, spec["default"]) for name, spec in probe.ARGUMENT_SPEC.items()}
+
+
+def test_the_program_the_plugin_sends_answers_as_the_probe_does(tmp_path):
+    args = with_defaults(arguments(tmp_path))
+    program = probe_program(args)
+    assert base64.b64encode(json.dumps(args).encode()).decode() in program  # the values travel encoded
+    assert AWKWARD not in program
+    done = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, check=True,
+                          env={**os.environ, "LC_ALL": "C"})
+    answer = json.loads(done.stdout)
+    assert answer == probe.probe(args, probe.run_locally)
+    assert answer["drifted"][:3] == [f"{tmp_path / 'other.conf'}: content differs",
+                                     f"{tmp_path / 'missing.conf'}: missing",
+                                     f"{tmp_path / 'stale'}: present, wanted absent"]
+    assert answer["drifted"][3].startswith(f"{tmp_path / 'same.conf'}: holds no readable key")
+    assert answer["read"] == {str(tmp_path / "same.conf"): AWKWARD, str(tmp_path / "nowhere"): None}
+
+
+def test_a_missing_tool_is_a_finding_not_a_failure():
+    assert probe.run_locally(["/nonexistent/gpg"])[0] == 127
+    drift = probe.check_gpg_key(lambda argv: (127, "", "gpg: not found"), {"path": "/etc/hostname",
+                                                                            "fingerprint": "AB" * 20})
+    assert drift == [f"/etc/hostname: holds no readable key, wanted {'AB' * 20}"]
+
+
+def playbook(tmp_path: Path, pipelining: bool, args: dict) -> dict:
+    book = tmp_path / f"probe-{pipelining}.yml"
+    book.write_text(yaml.safe_dump([{
+        "hosts": "node1", "gather_facts": False,
+        "tasks": [{"name": "probe", "gpuinfra_state": args, "register": "probed"},
+                  {"name": "packages", "gpuinfra_package_facts": None},
+                  {"name": "answer", "ansible.builtin.copy": {
+                      "content": "{{ {'probe': probed, 'packages': gpuinfra_packages} | to_json }}",
+                      "dest": str(tmp_path / f"answer-{pipelining}.json"), "mode": "0600"}}]}]))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"node1": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_PIPELINING": str(pipelining),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([str(BIN / "ansible-playbook"), "-vvv", "-i", str(inventory), str(book)], cwd=ANSIBLE,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    answer = json.loads((tmp_path / f"answer-{pipelining}.json").read_text())
+    answer["wrapped"] = "AnsiballZ_gpuinfra_state" in done.stdout
+    return answer
+
+
+@pytest.mark.skipif(not Path("/usr/bin/dpkg-query").exists(), reason="needs dpkg-query (a Debian host)")
+def test_the_plain_path_and_the_module_path_give_one_answer(tmp_path):
+    args = arguments(tmp_path, AWKWARD_DATA)
+    direct = playbook(tmp_path, True, args)
+    wrapped = playbook(tmp_path, False, args)
+    assert not direct["wrapped"] and wrapped["wrapped"]  # each took the path it was meant to
+    for key in ("drifted", "read", "exists", "glob"):
+        assert direct["probe"][key] == wrapped["probe"][key], key
+    assert direct["probe"]["changed"] is False and wrapped["probe"]["changed"] is False
+    assert direct["packages"] == wrapped["packages"]
+    assert "dpkg" in direct["packages"] and direct["packages"]["dpkg"]["selection"] in ("install", "hold")
