@@ -166,6 +166,12 @@ class NspawnHosts:
         assert self.workdir
         return self.workdir / "cp"
 
+    def close_connections(self) -> None:
+        """End the multiplexed SSH connections Ansible left open (ControlPersist): the next run connects afresh,
+        as an operator's does minutes after the last."""
+        for socket in sorted(self.control_path_dir.iterdir()):
+            sh("ssh", "-S", str(socket), "-O", "exit", "gpuinfra-rig", check=False, timeout=30)
+
     def ssh_argv(self, host: Host, *command: str) -> list[str]:
         return self.netns_exec("ssh", "-i", self.ssh_key, "-o", "StrictHostKeyChecking=no", "-o",
                                "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3",
