@@ -119,9 +119,10 @@ def main() -> None:
         f"| site.yml, no-op rerun (changed=0) | {figures['rerun']:.1f} |",
         f"| no-op rerun / fact floor (same round) | {figures['ratio']:.1f} x |",
         "",
+        "Both the floor and the rerun open their SSH connections afresh (the first run's are closed first). "
         "The rerun is a floor for every later convergence: package state is read once (one dpkg-query), each "
-        "role checks everything it manages in one probe (library/gpuinfra_state) and runs its converge tasks "
-        "only when something drifted.",
+        "role checks everything it manages in one probe (gpuinfra_state, run as a plain program on the host's "
+        "Python) and runs its converge tasks only when something drifted.",
     ]
     emit(lines, args.write)
 
