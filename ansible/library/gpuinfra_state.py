@@ -12,14 +12,16 @@ What it checks, each against the state the role's converge tasks would write:
   path exists (a file the role writes only then);
 - directories: exist, mode;
 - absent: paths that must not exist;
-- units: systemd unit enabled and/or active (one `systemctl show` for all of them);
+- units: systemd unit enabled and/or active (one `systemctl show` for all of them); `reload`: also a unit file
+  changed on disk and not yet loaded (for units the role writes, whose converge runs daemon-reload);
 - sysctl_files: `name=value` in a sysctl.d file (present or absent), live_sysctl: the running kernel's value;
 - limits: a `domain type item value` line in a limits.d file;
 - lines_absent / lines_present: no line / some line of a file matches a regular expression;
 - mounts: a path is a mount point of the given file system type;
 - gpg_keys: a keyring holds a key with the given fingerprint.
-It also reads what a role's later decisions need, without a module run each: `read` (file contents, null when
-missing), `exists` (paths) and `glob` (matches of shell patterns).
+An item's `step` files its findings under that name too (`drifted_steps`), for a role whose steps each
+repair some of its items. It also reads what a role's later decisions need, without a module run each: `read`
+(file contents, null when missing), `exists` (paths) and `glob` (matches of shell patterns).
 """
 
 from __future__ import annotations

@@ -133,7 +133,9 @@ def check_units(run: Runner, units: list[dict]) -> list[str]:
         if state.get("LoadState") != "loaded":
             drift.append(f"{name}: {state.get('LoadState', 'unknown')}")
             continue
-        if state.get("NeedDaemonReload") == "yes":
+        # Only where the role's converge reloads systemd (its own unit files): a package's unit that waits for a
+        # reload would otherwise count as drift on every run without a step that could repair it.
+        if unit.get("reload") and state.get("NeedDaemonReload") == "yes":
             drift.append(f"{name}: unit file changed on disk (daemon-reload needed)")
         if unit.get("enabled") is not None:
             file_state = state.get("UnitFileState", "")
@@ -275,30 +277,50 @@ def run_locally(argv: list[str]) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def _unit_findings(unit: dict, findings: list[str], units: list[dict]) -> list[str]:
+    """The findings about one unit: those that name it, and those that name no unit (systemctl failed)."""
+    names = [f"{other['name']}: " for other in units]
+    return [line for line in findings if line.startswith(f"{unit['name']}: ") or not line.startswith(tuple(names))]
+
+
 def probe(params: dict, run: Runner) -> dict:
-    """Every check of `params` (ARGUMENT_SPEC's options, defaults filled in): what drifted, and what was read."""
+    """Every check of `params` (ARGUMENT_SPEC's options, defaults filled in): what drifted, and what was read.
+    An item's `step` (optional: which of the role's steps repairs it) files its findings under that name as well
+    (`drifted_steps`), so a role can tell which step a finding calls for without parsing the finding. (Not
+    `group`: a file's `group` is its owning group.)"""
     drifted: list[str] = []
+    steps: dict[str, list[str]] = {}
+
+    def found(item: dict, drift: list[str]) -> None:
+        drifted.extend(drift)
+        if item.get("step") and drift:
+            steps.setdefault(item["step"], []).extend(drift)
+
     for item in params["directories"]:
-        drifted += check_directory(item)
+        found(item, check_directory(item))
     for item in params["files"]:
-        drifted += check_file(item)
+        found(item, check_file(item))
     drifted += [f"{path}: present, wanted absent" for path in params["absent"] if os.path.lexists(path)]
-    drifted += check_units(run, params["units"])
+    unit_drift = check_units(run, params["units"])
+    drifted += unit_drift
+    for unit in params["units"]:
+        if unit.get("step") and _unit_findings(unit, unit_drift, params["units"]):
+            steps.setdefault(unit["step"], []).extend(_unit_findings(unit, unit_drift, params["units"]))
     for item in params["sysctl_files"]:
-        drifted += check_sysctl_file(item)
+        found(item, check_sysctl_file(item))
     for name, value in params["live_sysctl"].items():
         drifted += check_live_sysctl(name, value)
     for item in params["limits"]:
-        drifted += check_limit(item)
+        found(item, check_limit(item))
     for item in params["lines_absent"]:
-        drifted += check_lines_absent(item)
+        found(item, check_lines_absent(item))
     for item in params["lines_present"]:
-        drifted += check_lines_present(item)
+        found(item, check_lines_present(item))
     for item in params["mounts"]:
-        drifted += check_mount(item)
+        found(item, check_mount(item))
     for item in params["gpg_keys"]:
-        drifted += check_gpg_key(run, item)
-    return {"changed": False, "drifted": drifted,
+        found(item, check_gpg_key(run, item))
+    return {"changed": False, "drifted": drifted, "drifted_steps": steps,
             "read": {path: read_text(path) for path in params["read"]},
             "exists": {path: os.path.exists(path) for path in params["exists"]},
             "glob": {pattern: sorted(globbing.glob(pattern, recursive=True)) for pattern in params["glob"]}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuinfra.boot import DEFAULT_MOUNT, INSTANCE_STORE_MODEL
+from gpuinfra.boot import DEFAULT_MOUNT, INSTANCE_STORE_MODEL, RAID_ENV_PATH, RAID_SCRIPT_PATH, RAID_UNIT_NAME
 from gpuinfra.catalog import InstanceType, find_gpu
 from gpuinfra.config import DEFAULT_SERVING_PORT, ResolvedCluster
 from gpuinfra.efa import efa_interfaces
@@ -19,6 +19,9 @@ NODE_GROUP = "gpu_nodes"
 # A GPU shows a little less memory than its catalog size (ECC, the driver's reservation): preflight and
 # node acceptance accept this fraction of it.
 GPU_MEMORY_TOLERANCE = 0.97
+# Where the roles keep the files they share: the fabric role writes the NCCL environment there, and the
+# inference server's unit reads it.
+HOST_CONFIG_DIR = "/etc/gpuinfra"
 
 
 def host_constants() -> dict[str, Any]:
@@ -29,6 +32,12 @@ def host_constants() -> dict[str, Any]:
         "instance_store_model": INSTANCE_STORE_MODEL,
         "raid_mount": DEFAULT_MOUNT,
         "serving_port": DEFAULT_SERVING_PORT,
+        "config_dir": HOST_CONFIG_DIR,
+        "nccl_env_file": f"{HOST_CONFIG_DIR}/nccl.env",
+        # The boot-time RAID of the instance store: EC2 user data installs the same script and unit.
+        "raid_script": RAID_SCRIPT_PATH,
+        "raid_unit": RAID_UNIT_NAME,
+        "raid_settings": RAID_ENV_PATH,
     }
 
 

@@ -8,8 +8,16 @@ import re
 from pathlib import Path
 
 import yaml
-from gpuinfra.boot import DEFAULT_MOUNT, INSTANCE_STORE_MODEL, asset, raid_environment
-from gpuinfra.contract import host_constants
+from gpuinfra.boot import (
+    DEFAULT_MOUNT,
+    INSTANCE_STORE_MODEL,
+    RAID_ENV_PATH,
+    RAID_SCRIPT_PATH,
+    RAID_UNIT_NAME,
+    asset,
+    raid_environment,
+)
+from gpuinfra.contract import HOST_CONFIG_DIR, host_constants
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "ansible" / "roles"
@@ -29,7 +37,8 @@ def test_the_raid_script_defaults_are_the_boot_constants():
 
 def test_no_role_or_module_repeats_a_constant():
     """The literals live only in the copy above; roles, playbooks and modules read gpuinfra_constants."""
-    literals = [INSTANCE_STORE_MODEL, DEFAULT_MOUNT, "0.97", ":8000", "default(8000)"]
+    literals = [INSTANCE_STORE_MODEL, DEFAULT_MOUNT, "0.97", ":8000", "default(8000)", HOST_CONFIG_DIR,
+                RAID_SCRIPT_PATH, RAID_UNIT_NAME, RAID_ENV_PATH]
     allowed = {ROLES / "preflight" / "vars" / "main.yml"}
     found = []
     for path in (ROOT / "ansible").rglob("*"):
@@ -38,3 +47,24 @@ def test_no_role_or_module_repeats_a_constant():
             text = path.read_text(errors="replace")
             found += [f"{path.relative_to(ROOT)}: {literal}" for literal in literals if literal in text]
     assert found == []
+
+
+def test_facts_read_again_use_the_nvme_model_preflight_read_them_with():
+    """A role that reads the hardware facts again (after a driver or tuning change) must filter the NVMe drives as
+    preflight did: an inventory may override preflight_nvme_model for its own drives."""
+    calls = {}
+    for path in ROLES.glob("*/tasks/*.yml"):
+        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+            if "gpuinfra_hw_facts" in task:
+                calls[str(path.relative_to(ROLES))] = task["gpuinfra_hw_facts"]["nvme_model"]
+    assert calls.pop("preflight/tasks/main.yml") == "{{ preflight_nvme_model }}"
+    assert len(calls) >= 3
+    assert set(calls.values()) == {"{{ gpuinfra_nvme_model | default(gpuinfra_constants.instance_store_model) }}"}
+
+
+def _tasks(items: list) -> list[dict]:
+    """Every task of a task file, blocks opened."""
+    found = []
+    for item in items:
+        found += _tasks(item["block"]) if "block" in item else [item]
+    return found

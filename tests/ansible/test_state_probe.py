@@ -77,3 +77,31 @@ def test_systemctl_show_blocks():
                                          {"name": "x.timer", "enabled": True}])
     assert drift == ["containerd.service: disabled, wanted enabled", "containerd.service: inactive, wanted active",
                      "x.timer: not-found"]
+
+
+def test_a_unit_waiting_for_daemon_reload_is_drift_only_where_the_role_reloads():
+    """A package's unit (containerd) waiting for a reload has no step of the role that could repair it: counted as
+    drift it would send the role's converge steps to run on every rerun."""
+    text = "Id=x.service\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=yes\n"
+
+    def run(argv):
+        return 0, text, ""
+
+    assert state.check_units(run, [{"name": "x.service", "enabled": True, "active": True}]) == []
+    assert state.check_units(run, [{"name": "x.service", "enabled": True, "reload": True}]) == [
+        "x.service: unit file changed on disk (daemon-reload needed)"]
+
+
+def test_findings_are_filed_under_the_step_that_repairs_their_item(tmp_path):
+    pin, other = tmp_path / "pin.pref", tmp_path / "other.conf"
+    units = "Id=a.service\nLoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\nNeedDaemonReload=no\n\n" \
+            "Id=b.service\nLoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\nNeedDaemonReload=no\n"
+    params = {name: spec["default"] for name, spec in state.ARGUMENT_SPEC.items()}
+    params |= {"files": [{"path": str(pin), "content": "x", "owner": None, "group": None, "step": "install"},
+                         {"path": str(other), "content": "y", "owner": None, "group": None}],
+               "units": [{"name": "a.service", "active": True, "step": "install"},
+                         {"name": "b.service", "active": True}]}
+    answer = state.probe(params, lambda argv: (0, units, ""))
+    assert answer["drifted"] == [f"{pin}: missing", f"{other}: missing", "a.service: inactive, wanted active",
+                                 "b.service: inactive, wanted active"]
+    assert answer["drifted_steps"] == {"install": [f"{pin}: missing", "a.service: inactive, wanted active"]}

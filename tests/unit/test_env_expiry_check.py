@@ -78,11 +78,9 @@ def test_the_units_pass_systemd_analyze(tmp_path):
     environment.filters["comment"] = lambda text: "# " + text
     for name in ("gpuinfra-expiry.service", "gpuinfra-expiry.timer"):
         (tmp_path / name).write_text(environment.get_template(f"{name}.j2").render(
-            ansible_managed="managed by Ansible", node_expiry_check_every="5min"))
+            ansible_managed="managed by Ansible", node_expiry_check_every="5min",
+            __node_expiry_check=str(tmp_path / "gpuinfra-expiry-check")))
     (tmp_path / "gpuinfra-expiry-check").write_text("#!/bin/sh\n")
-    service = (tmp_path / "gpuinfra-expiry.service").read_text().replace(
-        "/usr/local/sbin/gpuinfra-expiry-check", str(tmp_path / "gpuinfra-expiry-check"))
-    (tmp_path / "gpuinfra-expiry.service").write_text(service)
     (tmp_path / "gpuinfra-expiry-check").chmod(0o755)
     done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "gpuinfra-expiry.timer"),
                            str(tmp_path / "gpuinfra-expiry.service")], capture_output=True, text=True, timeout=60)
