@@ -7,6 +7,7 @@ POSIX (sh) runs the module (library/gpuinfra_package_facts.py) instead; both sha
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shlex
 from pathlib import Path
@@ -18,6 +19,7 @@ DPKG_SOURCE = Path(__file__).resolve().parents[1] / "module_utils" / "gpuinfra_d
 MODULE = "ansible.legacy.gpuinfra_package_facts"
 
 
+@functools.cache
 def _load_dpkg():
     spec = importlib.util.spec_from_file_location("gpuinfra_dpkg", DPKG_SOURCE)
     dpkg = importlib.util.module_from_spec(spec)

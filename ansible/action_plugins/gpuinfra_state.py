@@ -14,6 +14,7 @@ probe. Both validate the same ARGUMENT_SPEC.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.util
 import json
 import shlex
@@ -40,10 +41,17 @@ _sys.stdout.write(_json.dumps(probe(_json.loads(_base64.b64decode({args!r})), ru
 def probe_program(args: dict) -> str:
     """The probe's source with the validated arguments embedded (base64 of their JSON: data, never code)."""
     encoded = base64.b64encode(json.dumps(args).encode()).decode()
-    return PROBE_SOURCE.read_text(encoding="utf-8") + PROGRAM_TAIL.format(args=encoded)
+    return _probe_source() + PROGRAM_TAIL.format(args=encoded)
 
 
+@functools.cache
+def _probe_source() -> str:
+    return PROBE_SOURCE.read_text(encoding="utf-8")
+
+
+@functools.cache
 def _load_probe():
+    """The probe as a module on the controller, for its ARGUMENT_SPEC (read once per process)."""
     spec = importlib.util.spec_from_file_location("gpuinfra_probe", PROBE_SOURCE)
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)

@@ -304,8 +304,8 @@ def probe(params: dict, run: Runner) -> dict:
     unit_drift = check_units(run, params["units"])
     drifted += unit_drift
     for unit in params["units"]:
-        if unit.get("step") and _unit_findings(unit, unit_drift, params["units"]):
-            steps.setdefault(unit["step"], []).extend(_unit_findings(unit, unit_drift, params["units"]))
+        if unit.get("step") and (mine := _unit_findings(unit, unit_drift, params["units"])):
+            steps.setdefault(unit["step"], []).extend(mine)
     for item in params["sysctl_files"]:
         found(item, check_sysctl_file(item))
     for name, value in params["live_sysctl"].items():

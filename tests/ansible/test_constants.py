@@ -19,6 +19,8 @@ from gpuinfra.boot import (
 )
 from gpuinfra.contract import HOST_CONFIG_DIR, host_constants
 
+from .task_files import steps
+
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "ansible" / "roles"
 
@@ -54,17 +56,9 @@ def test_facts_read_again_use_the_nvme_model_preflight_read_them_with():
     preflight did: an inventory may override preflight_nvme_model for its own drives."""
     calls = {}
     for path in ROLES.glob("*/tasks/*.yml"):
-        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+        for task in steps(yaml.safe_load(path.read_text()) or []):
             if "gpuinfra_hw_facts" in task:
                 calls[str(path.relative_to(ROLES))] = task["gpuinfra_hw_facts"]["nvme_model"]
     assert calls.pop("preflight/tasks/main.yml") == "{{ preflight_nvme_model }}"
     assert len(calls) >= 3
     assert set(calls.values()) == {"{{ gpuinfra_nvme_model | default(gpuinfra_constants.instance_store_model) }}"}
-
-
-def _tasks(items: list) -> list[dict]:
-    """Every task of a task file, blocks opened."""
-    found = []
-    for item in items:
-        found += _tasks(item["block"]) if "block" in item else [item]
-    return found

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .task_files import steps
+
 ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
 
 
@@ -38,13 +40,6 @@ TAGGED = ["container_runtime", "cuda_toolkit", "fabric", "host_tuning", "inferen
 
 @pytest.mark.parametrize("role", TAGGED)
 def test_every_step_of_main_carries_the_role_install_or_configure_tag(role):
-    def steps(tasks):
-        for task in tasks:
-            if "block" in task:
-                yield from steps(task["block"])
-            else:
-                yield task
-
     main = yaml.safe_load((ROLES / role / "tasks" / "main.yml").read_text())
     for task in steps(main):
         tags = set(task.get("tags") or [])
