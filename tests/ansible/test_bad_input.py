@@ -135,8 +135,9 @@ PLAN = {"engine": "vllm", "hf_repo": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B"
         "quantization": None, "kv_cache_dtype": "auto", "port": 8000}
 
 # (playbook, the role whose checks must refuse it, wrong values, what the error must say about each).
-# Argument spec errors (types, choices, unknown keys) and range errors are separate runs: the argument spec
-# stops the role before its range checks; one role's refusal stops the host before the next role's checks.
+# Argument spec errors (types, choices, unknown keys) and range errors of one role are separate runs: the
+# argument spec stops the role before its range checks (they compare values of the right type only). The
+# other roles' checks still run: every role's wrong values are reported at once.
 CASES = {
     "host_tuning types and choices": ("host.yml", "host_tuning", {
         "host_tuning_hugepages": "lots", "host_tuning_hugepages_count": "many", "host_tuning_cpu_governor": "turbo",
@@ -269,7 +270,8 @@ def assert_refused_by_the_checks(run: PlaybookRun, role: str, messages: list[str
     assert run.returncode == 2, run.tail()
     for message in messages:
         assert message in output, f"missing {message!r}:\n{run.tail(60)}"
-    assert failing_task(run).startswith(f"{role} : "), failing_task(run)
+    # The layers' and site.yml's one check task files each message under its role.
+    assert f"[{role}] " in output, run.tail(60)
     assert is_input_check(failing_task(run)), failing_task(run)
     ran = headers(run, "TASK")
     assert [task for task in ran if not is_input_check(task)] == [], ran
@@ -291,6 +293,23 @@ def test_wrong_values_are_refused_before_anything_changes(tmp_path, case):
     assert_refused_by_the_checks(run, role, messages)
     if playbook == "site.yml":
         assert "Host tuning and local NVMe" not in headers(run, "PLAY")
+
+
+def test_site_reports_the_wrong_values_of_every_role_in_one_run(tmp_path):
+    """One run names every wrong value of every role (types of one, ranges of others), not the first role's."""
+    values = {"host_tuning_cpu_governor": "turbo", "nvme_raid_chunk_kib": 6, "fabric_rdma_gid_index": 256,
+              "inference_server_port": 70000, "monitoring_gpu_temperature_alert_c": 0}
+    run = ansible_playbook(tmp_path, PLAYBOOKS / "site.yml", inventory(tmp_path, {}), values)
+    output = flat(run.output)
+    assert run.returncode == 2, run.tail()
+    for role, message in [("host_tuning", "value of host_tuning_cpu_governor must be one of"),
+                          ("nvme_raid", "nvme_raid_chunk_kib must be 4 KiB or more and a multiple of 4 (is 6)"),
+                          ("fabric", "fabric_rdma_gid_index must be a GID index in 0-255 (is 256)"),
+                          ("inference_server", "inference_server_port must be a port in 1-65535 (is 70000)"),
+                          ("monitoring", "monitoring_gpu_temperature_alert_c must be 1-120 degrees C (is 0)")]:
+        assert f"[{role}] {message}" in output, (role, run.tail(60))
+    assert [task for task in headers(run, "TASK") if not is_input_check(task)] == [], headers(run, "TASK")
+    assert run.changed() == {"node1": 0}, run.tail()
 
 
 @pytest.mark.parametrize("case", sorted(PREFLIGHT_CASES))
@@ -384,13 +403,17 @@ def test_the_shipped_inventories_pass_every_check(tmp_path, source):
     """Positive control: the stacks' generated inventory variables (the contract's request, plans, SLA, weights)
     and the on-prem example pass every role's argument spec and range checks with the roles' defaults."""
     group_vars = ONPREM_VARS if source == "onprem-example" else contract_vars(source)
-    run = ansible_playbook(tmp_path, PLAYBOOKS / "check_input.yml", inventory(tmp_path, {
+    book = tmp_path / "checked.yml"
+    book.write_text(yaml.safe_dump([
+        {"ansible.builtin.import_playbook": str(PLAYBOOKS / "check_input.yml")},
+        {"name": "Show the checked roles", "hosts": "gpu_nodes", "gather_facts": False,
+         "tasks": [{"name": "Checked", "ansible.builtin.debug": {"var": "gpuinfra_checked_roles"}}]}]))
+    run = ansible_playbook(tmp_path, book, inventory(tmp_path, {
         k: v for k, v in group_vars.items() if not k.startswith("ansible_")}),
         {"gpuinfra_check_roles": ALL_ROLES})
     assert run.returncode == 0, run.tail(60)
-    for role in ALL_ROLES:
-        for task in validation_tasks(role):
-            assert task in headers(run, "TASK"), (task, run.tail())
+    shown = re.search(r"^ +gpuinfra_checked_roles:\n((?: +- .+\n)+)", run.output, re.M)
+    assert shown and set(re.findall(r"- (\S+)", shown.group(1))) == set(ALL_ROLES), run.tail()
     assert run.changed() == {"node1": 0}, run.tail()
 
 

@@ -40,7 +40,10 @@ TAGGED = ["container_runtime", "cuda_toolkit", "fabric", "host_tuning", "inferen
 
 @pytest.mark.parametrize("role", TAGGED)
 def test_every_step_of_main_carries_the_role_install_or_configure_tag(role):
+    """main.yml (the input checks, then run.yml) and run.yml (the steps the layers import alone)."""
     main = yaml.safe_load((ROLES / role / "tasks" / "main.yml").read_text())
-    for task in steps(main):
+    assert main[-1].get("ansible.builtin.import_tasks") == "run.yml", main[-1]
+    run = yaml.safe_load((ROLES / role / "tasks" / "run.yml").read_text())
+    for task in [*steps(main[:-1]), *steps(run)]:
         tags = set(task.get("tags") or [])
         assert tags and tags <= {f"{role}_install", f"{role}_configure"}, task["name"]
