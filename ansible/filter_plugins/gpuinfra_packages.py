@@ -9,21 +9,26 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 
-def packages_missing(requests: list[str], packages: dict[str, dict]) -> list[str]:
+def _installed(entry: str | None) -> tuple[str, str]:
+    """An entry of the map (module_utils/gpuinfra_dpkg.py: "version selection") as (version, selection)."""
+    version, _, selection = (entry or "").partition(" ")
+    return version, selection
+
+
+def packages_missing(requests: list[str], packages: dict[str, str]) -> list[str]:
     """The requests ('name' or apt's 'name=version', where the version may hold * globs) that no installed
     package satisfies: not installed, or installed at a version the request does not match."""
     missing = []
     for request in requests:
         name, _, version = str(request).partition("=")
-        package = packages.get(name)
-        if package is None or (version and not fnmatchcase(package.get("version", ""), version)):
+        if name not in packages or (version and not fnmatchcase(_installed(packages[name])[0], version)):
             missing.append(request)
     return missing
 
 
-def packages_not_held(names: list[str], packages: dict[str, dict]) -> list[str]:
+def packages_not_held(names: list[str], packages: dict[str, str]) -> list[str]:
     """The names whose selection is not hold (an absent package is not held either)."""
-    return [name for name in names if (packages.get(name) or {}).get("selection") != "hold"]
+    return [name for name in names if _installed(packages.get(name))[1] != "hold"]
 
 
 class FilterModule:

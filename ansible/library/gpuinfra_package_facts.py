@@ -3,9 +3,9 @@
 
 One `dpkg-query` (no apt cache is opened), so a role can tell from the controller that its packages are already
 installed at the pinned version and on hold, and skip the apt and dpkg_selections calls that would each open
-the apt cache on the host to find that nothing needs doing. The fact maps each package name to its
-version and its selection (install, hold, ...); only installed packages are listed (a half-configured or
-removed one is missing, so apt sees to it).
+the apt cache on the host to find that nothing needs doing. The fact maps each package name to
+"<version> <selection>" (selection: install, hold, ...); only installed packages are listed (a half-configured
+or removed one is missing, so apt sees to it).
 
 Its action plugin (action_plugins/gpuinfra_package_facts.py) runs the same query as a plain command and parses
 it on the controller; this module is the path for a connection without a POSIX shell.

@@ -10,13 +10,18 @@ QUERY_ARGV = ["dpkg-query", "-W", f"-f={QUERY_FORMAT}"]
 QUERY_OK_RC = (0, 1)
 
 
-def parse_dpkg_query(text: str) -> dict[str, dict[str, str]]:
-    """The installed packages among the lines of `dpkg-query -W -f=QUERY_FORMAT`."""
-    packages: dict[str, dict[str, str]] = {}
+def parse_dpkg_query(text: str) -> dict[str, str]:
+    """The installed packages among the lines of `dpkg-query -W -f=QUERY_FORMAT`: name -> "version selection".
+
+    One flat string per package, not a dict of two: the map is a host fact, and ansible-core copies and cleans
+    a host's facts on every task for every host (vars.clean.clean_facts); a GPU host lists ~2,000 packages, and
+    nested dicts made that copy 4-5 times slower. A Debian version and a selection hold no spaces, so
+    entry.split(" ") gives them back (filter_plugins/gpuinfra_packages.py does)."""
+    packages: dict[str, str] = {}
     for line in text.splitlines():
         fields = line.split("\t")
         if len(fields) != 4 or not fields[0] or fields[3] != "installed":
             continue
         name, version, selection, _ = fields
-        packages[name] = {"version": version, "selection": selection}
+        packages[name] = f"{version} {selection}"
     return packages

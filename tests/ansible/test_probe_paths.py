@@ -128,4 +128,4 @@ def test_the_plain_path_and_the_module_path_give_one_answer(tmp_path):
         assert direct["probe"][key] == wrapped["probe"][key], key
     assert direct["probe"]["changed"] is False and wrapped["probe"]["changed"] is False
     assert direct["packages"] == wrapped["packages"]
-    assert "dpkg" in direct["packages"] and direct["packages"]["dpkg"]["selection"] in ("install", "hold")
+    assert "dpkg" in direct["packages"] and direct["packages"]["dpkg"].split(" ")[1] in ("install", "hold")
