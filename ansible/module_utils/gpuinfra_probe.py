@@ -324,3 +324,8 @@ def probe(params: dict, run: Runner) -> dict:
             "read": {path: read_text(path) for path in params["read"]},
             "exists": {path: os.path.exists(path) for path in params["exists"]},
             "glob": {pattern: sorted(globbing.glob(pattern, recursive=True)) for pattern in params["glob"]}}
+
+
+def answer(params: dict) -> dict:
+    """The plain-program path's entry point (plugin_utils/gpuinfra_direct.py): the probe with the local runner."""
+    return probe(params, run_locally)

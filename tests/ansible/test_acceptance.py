@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ansible" / "library"))
 
 import gpuinfra_acceptance as acceptance  # noqa: E402
-import gpuinfra_hw_facts as facts  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "ansible" / "module_utils"))
+import gpuinfra_hw as facts  # noqa: E402
 from gpuinfra.contract import GPU_MEMORY_TOLERANCE  # noqa: E402
 
 VALIDATION = ROOT / "docs" / "validation"
@@ -137,3 +139,33 @@ def test_thresholds_are_configurable():
 def test_version_compare():
     assert acceptance.version_tuple("580.159.04") > acceptance.version_tuple("570.0")
     assert acceptance.version_tuple("535.183.01") < acceptance.version_tuple("570")
+
+
+UBUNTU_2204 = """PRETTY_NAME="Ubuntu 22.04.4 LTS"
+NAME="Ubuntu"
+VERSION_ID="22.04"
+VERSION="22.04.4 LTS (Jammy Jellyfish)"
+VERSION_CODENAME=jammy
+ID=ubuntu
+ID_LIKE=debian
+UBUNTU_CODENAME=jammy
+"""
+DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n' \
+            'VERSION_CODENAME=bookworm\nID=debian\n'
+
+
+def test_os_release_gives_the_names_setup_gives():
+    ubuntu = facts.os_facts(UBUNTU_2204, "bookworm/sid\n", "6.8.0-1015-aws", "x86_64")
+    assert ubuntu == {"distribution": "Ubuntu", "distribution_version": "22.04", "distribution_major_version": "22",
+                      "distribution_release": "jammy", "os_family": "Debian", "kernel": "6.8.0-1015-aws",
+                      "architecture": "x86_64", "system": "Linux"}
+    debian = facts.os_facts(DEBIAN_12, "12.11\n", "6.1.0-28-amd64", "x86_64")
+    assert (debian["distribution"], debian["distribution_version"], debian["distribution_major_version"],
+            debian["distribution_release"]) == ("Debian", "12.11", "12", "bookworm")
+    rocky = facts.os_facts('NAME="Rocky Linux"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\n', "",
+                           "5.14.0", "aarch64")
+    assert (rocky["distribution"], rocky["os_family"], rocky["distribution_major_version"]) == ("Rocky", "RedHat", "9")
+    unknown = facts.os_facts('NAME="Some OS"\nID=someos\nID_LIKE=debian\nVERSION_ID=3\n', "", "6.0", "x86_64")
+    assert (unknown["distribution"], unknown["os_family"]) == ("Some OS", "Debian")
+    # No os-release: nothing, so preflight's setup fallback gathers them.
+    assert facts.os_facts("", "", "6.0", "x86_64") == {}

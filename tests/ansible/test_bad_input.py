@@ -47,9 +47,9 @@ def software() -> dict:
 
 @functools.cache
 def hardware() -> dict:
-    """This machine's facts from the real gpuinfra_hw_facts module, gathered once, so preflight (which reads
+    """This machine's facts from the real gather of gpuinfra_hw_facts, read once, so preflight (which reads
     the same) is not rerun by every case."""
-    spec = importlib.util.spec_from_file_location("gpuinfra_hw_facts", ANSIBLE_DIR / "library" / "gpuinfra_hw_facts.py")
+    spec = importlib.util.spec_from_file_location("gpuinfra_hw", ANSIBLE_DIR / "module_utils" / "gpuinfra_hw.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.gather(INSTANCE_STORE_MODEL)

@@ -101,8 +101,11 @@ def playbook(tmp_path: Path, pipelining: bool, args: dict) -> dict:
         "hosts": "node1", "gather_facts": False,
         "tasks": [{"name": "probe", "gpuinfra_state": args, "register": "probed"},
                   {"name": "packages", "gpuinfra_package_facts": None},
+                  {"name": "hardware", "gpuinfra_hw_facts": {"nvme_model": "none"}, "register": "hardware"},
+                  {"name": "setup", "ansible.builtin.setup": {"gather_subset": ["min"]}, "register": "setup"},
                   {"name": "answer", "ansible.builtin.copy": {
-                      "content": "{{ {'probe': probed, 'packages': gpuinfra_packages} | to_json }}",
+                      "content": "{{ {'probe': probed, 'packages': gpuinfra_packages, 'hardware':"
+                                 " hardware.ansible_facts, 'setup': setup.ansible_facts} | to_json }}",
                       "dest": str(tmp_path / f"answer-{pipelining}.json"), "mode": "0600"}}]}]))
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"node1": {
@@ -115,6 +118,7 @@ def playbook(tmp_path: Path, pipelining: bool, args: dict) -> dict:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     answer = json.loads((tmp_path / f"answer-{pipelining}.json").read_text())
     answer["wrapped"] = "AnsiballZ_gpuinfra_state" in done.stdout
+    answer["hardware_wrapped"] = "AnsiballZ_gpuinfra_hw_facts" in done.stdout
     return answer
 
 
@@ -124,8 +128,26 @@ def test_the_plain_path_and_the_module_path_give_one_answer(tmp_path):
     direct = playbook(tmp_path, True, args)
     wrapped = playbook(tmp_path, False, args)
     assert not direct["wrapped"] and wrapped["wrapped"]  # each took the path it was meant to
+    assert not direct["hardware_wrapped"] and wrapped["hardware_wrapped"]
     for key in ("drifted", "read", "exists", "glob"):
         assert direct["probe"][key] == wrapped["probe"][key], key
     assert direct["probe"]["changed"] is False and wrapped["probe"]["changed"] is False
     assert direct["packages"] == wrapped["packages"]
     assert "dpkg" in direct["packages"] and direct["packages"]["dpkg"].split(" ")[1] in ("install", "hold")
+
+
+@pytest.mark.skipif(not Path("/etc/os-release").exists(), reason="needs an os-release file")
+def test_the_hardware_read_gives_the_os_facts_setup_gives(tmp_path):
+    """Both paths of gpuinfra_hw_facts give one answer, and its operating-system facts are what Ansible's setup
+    module says on this machine, under the same names (the roles read them as ansible_distribution* ...)."""
+    direct = playbook(tmp_path, True, {})
+    wrapped = playbook(tmp_path, False, {})
+    for answer in (direct, wrapped):
+        hardware = answer["hardware"]
+        os_keys = sorted(set(hardware) - {"gpuinfra_hardware"})
+        assert {"ansible_distribution", "ansible_distribution_version", "ansible_distribution_major_version",
+                "ansible_kernel"} <= set(os_keys)
+        assert {key: hardware[key] for key in os_keys} == {key: answer["setup"][key] for key in os_keys}
+    same = {key for key in direct["hardware"]["gpuinfra_hardware"] if key not in ("xid_events",)}
+    assert ({key: direct["hardware"]["gpuinfra_hardware"][key] for key in same}
+            == {key: wrapped["hardware"]["gpuinfra_hardware"][key] for key in same})
