@@ -18,9 +18,9 @@ from typing import Any, NoReturn
 
 import yaml
 
+from gpuinfra.defaults import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NODES
 from gpuinfra.environments.cli import add_env_parser, run_env
 from gpuinfra.errors import InfeasibleError, InputError, Problem
-from gpuinfra.sizing import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NODES
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 # Bounds on counts a user types: well past any real deployment, far short of what would hang the planner.
@@ -324,14 +324,17 @@ def _load_and_sla(args: argparse.Namespace, request, problems: list[Problem]):
 
 
 def _catalog(args: argparse.Namespace, out) -> int:
+    if args.kind == "software":
+        # One pinned stack, not a list: the document the Ansible roles read as gpuinfra_software (every run
+        # that lacks it asks for it, so it is read without loading the catalog's models).
+        from gpuinfra.software_stack import software_document
+
+        software = software_document()
+        out.write(json.dumps(software, indent=2) + "\n" if args.json else yaml.safe_dump(software, sort_keys=False))
+        return EXIT_OK
     from gpuinfra.catalog import load_catalog
 
     catalog = load_catalog()
-    if args.kind == "software":
-        # One pinned stack, not a list: the document the Ansible roles read as gpuinfra_software.
-        software = catalog.software.model_dump(mode="json", exclude={"sources"})
-        out.write(json.dumps(software, indent=2) + "\n" if args.json else yaml.safe_dump(software, sort_keys=False))
-        return EXIT_OK
     records = {"models": catalog.models, "gpus": catalog.gpus, "instances": catalog.instances}[args.kind]
     if args.json:
         out.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # annotations only: the CLI's light commands run without importing pydantic
+    from pydantic import ValidationError
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpuinfra.catalog import find_instance_type, load_catalog
+from gpuinfra.catalog import find_instance_type
 from gpuinfra.config import RegionName, Sla, StackName
 from gpuinfra.contract import NODE_GROUP, host_constants
 from gpuinfra.documents import load_json_object
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 from gpuinfra.request import ServingRequest
+from gpuinfra.software_stack import software_document
 
 HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -120,7 +121,7 @@ def group_vars(outputs: StackOutputs) -> dict[str, Any]:
         "gpuinfra_auto_scaling_group": outputs.auto_scaling_group_name,
         "gpuinfra_endpoint_dns_name": outputs.endpoint_dns_name,
         "gpuinfra_sla": outputs.sla.model_dump(mode="json") if outputs.sla else None,
-        "gpuinfra_software": load_catalog().software.model_dump(mode="json", exclude={"sources"}),
+        "gpuinfra_software": software_document(),
         "gpuinfra_constants": host_constants(),
     }
     if len(outputs.instance_types) == 1:

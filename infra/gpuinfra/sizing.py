@@ -26,15 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gpuinfra.architecture import LayerParams, ModelArchitecture
 from gpuinfra.catalog import Gpu, InstanceType, ModelEntry, find_gpu, load_catalog
 from gpuinfra.catalog.schema import MemoryModel
+from gpuinfra.defaults import DEFAULT_CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NODES
 from gpuinfra.errors import InputError, Problem, problems_from_validation_error
 from gpuinfra.performance import Performance, SteadyState
 
 GIB = 1024**3
 
 # vLLM defaults and measured overheads (S8, S10, S10b; catalog-facts.yaml meta.vllm_defaults).
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-DEFAULT_CONTEXT_TOKENS = 32768  # max_model_len when a request names none
-DEFAULT_MAX_NODES = 4  # the planner's largest node count per copy unless told
 LARGE_GPU_BATCHED_TOKENS = 8192  # vLLM's max_num_batched_tokens on GPUs of 70 GiB or more, except A100 (S34)
 KV_BLOCK_TOKENS = 16  # vLLM's default block size (S8)
 # vLLM's default token budget per step for the API server: 8192 on GPUs with >= 70 GiB that are not A100

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gpuinfra.catalog import load_catalog
 from gpuinfra.cli import main
 from gpuinfra.inventory import read_inventory_yaml
 
@@ -97,6 +98,19 @@ def test_catalog_software_is_the_document_the_roles_read(capsys):
     software = json.loads(out)
     assert code == 0 and "sources" not in software
     assert software["efa_installer"]["sha256"] and software["nvidia_driver"]["version"].startswith("580.")
+    # Read without the models, it is the file as written, which the catalog's model validated: every value the
+    # file sets, as the model reads it (defaults the file leaves unset are the sizing engine's, not the hosts').
+    assert software == load_catalog().software.model_dump(mode="json", exclude={"sources"}, exclude_unset=True)
+
+
+def test_catalog_software_runs_without_loading_the_models():
+    """Every Ansible run that does not carry the stack asks for it, with every host waiting: the command stays
+    clear of pydantic and the sizing engine (a structural check, not a timing)."""
+    program = ("import io, sys\nfrom gpuinfra.cli import main\nassert main(['catalog', 'software', '--json'], "
+               "out=io.StringIO()) == 0\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' "
+               "or m in ('gpuinfra.sizing', 'gpuinfra.catalog')))")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_inventory_needs_the_type_of_each_host_when_the_stack_launches_several(capsys):

@@ -16,11 +16,13 @@ import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuinfra.environments.durations import format_duration, parse_duration
-from gpuinfra.environments.models import EnvironmentStatus, name_problems, owner_problems, utc_text
 from gpuinfra.errors import InputError, Problem
+
+if TYPE_CHECKING:
+    from gpuinfra.environments.models import EnvironmentStatus
 
 ENGINE_ENV = "GPUINFRA_ENGINE"
 HOME_ENV = "GPUINFRA_HOME"
@@ -145,6 +147,7 @@ def _duration(text: str, flag: str, problems: list[Problem]) -> timedelta | None
 def up_request(args: argparse.Namespace):
     """Every flag of `env up` checked at once; nothing has been read from the backend yet."""
     from gpuinfra.environments.lifecycle import UpRequest
+    from gpuinfra.environments.models import name_problems, owner_problems
 
     problems = name_problems(args.name)
     if args.owner is not None and not args.owner.strip():
@@ -231,6 +234,7 @@ def _ls(args: argparse.Namespace, ctx, out) -> int:
 
 def _extend(args: argparse.Namespace, ctx, out) -> int:
     from gpuinfra.environments.lifecycle import extend_environment
+    from gpuinfra.environments.models import utc_text
     from gpuinfra.environments.serve import refresh_expiry
 
     problems: list[Problem] = []
@@ -307,6 +311,7 @@ def _protect(args: argparse.Namespace, ctx, out) -> int:
 
 def _clock(args: argparse.Namespace, ctx, out) -> int:
     from gpuinfra.environments.backend import StandinClock
+    from gpuinfra.environments.models import utc_text
 
     if not isinstance(ctx.clock, StandinClock):
         raise InputError([Problem("--engine", "env clock moves the STAND-IN engine's clock; use --engine standin")])
