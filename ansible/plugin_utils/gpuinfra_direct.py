@@ -6,8 +6,10 @@ Through Ansible's module wrapper (AnsiballZ: the module and its imports zipped o
 imported on the host) one read-only module run costs several times what it reads on a no-op rerun, and the zip
 is built again in every worker that runs it. The state probe and the hardware facts take this path.
 
-Where it is not open (no pipelining: a connection without it, a become method that needs a tty; or an
-interpreter not yet discovered), the task runs the plugin's module, which calls the same file. Both validate
+Where it is not open (no pipelining: a connection without it, a become method that needs a tty), the task
+runs the plugin's module, which calls the same file. A host whose Python is not yet known is asked with
+ansible-core's own interpreter discovery first (one shell exchange), as the module path would, and the answer
+is recorded the same way (`discovered_interpreter_python`). Both validate
 the same ARGUMENT_SPEC. Loaded by path from the action plugins (action_plugins/ holds only plugins).
 """
 
@@ -24,7 +26,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 try:  # private helpers of the pinned ansible-core; without them every run takes the module path
-    from ansible.executor.interpreter_discovery import InterpreterDiscoveryRequiredError
+    from ansible.executor.interpreter_discovery import InterpreterDiscoveryRequiredError, discover_interpreter
     from ansible.executor.module_common import _get_shebang
 except ImportError:  # pragma: no cover - another ansible-core
     _get_shebang = None
@@ -69,22 +71,33 @@ class DirectProgramAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=load(self.SOURCE).ARGUMENT_SPEC)
-        interpreter = self._direct_interpreter(task_vars or {})
+        interpreter, discovered = self._direct_interpreter(task_vars or {})
         if interpreter is None:
             return result | self._execute_module(module_name=self.MODULE, module_args=args, task_vars=task_vars)
-        return result | self._run_directly(interpreter, args)
+        answer = self._run_directly(interpreter, args)
+        if discovered:  # recorded as the module path would: the host's later tasks need no discovery
+            answer["ansible_facts"] = {**answer.get("ansible_facts", {}), **discovered}
+        return result | answer
 
-    def _direct_interpreter(self, task_vars: dict) -> str | None:
-        """The host's Python, when the plain-program path is open; None sends the task to the module."""
+    def _direct_interpreter(self, task_vars: dict) -> tuple[str | None, dict]:
+        """The host's Python when the plain-program path is open (None sends the task to the module), and the
+        fact to record when it had to be discovered."""
         if _get_shebang is None or not self._connection.is_pipelining_enabled():
-            return None
+            return None, {}
         use_vars = task_vars["ansible_delegated_vars"][self._task.delegate_to] if self._task.delegate_to else task_vars
+        remote_is_local = bool(getattr(self._connection, "_remote_is_local", False))
         try:
-            _, interpreter = _get_shebang("/usr/bin/python", use_vars, self._templar,
-                                          remote_is_local=bool(getattr(self._connection, "_remote_is_local", False)))
-        except InterpreterDiscoveryRequiredError:
-            return None  # the module path discovers it (and records it for the next run)
-        return interpreter
+            return _get_shebang("/usr/bin/python", use_vars, self._templar, remote_is_local=remote_is_local)[1], {}
+        except InterpreterDiscoveryRequiredError as needed:
+            if self._task.delegate_to and not self._task.delegate_facts:
+                return None, {}  # the fact would belong to another host: the module path records it
+            # ansible-core's own discovery (one shell exchange), which the module path would run first; its
+            # fact is what the module path returns, so the host's later tasks find the interpreter known.
+            found = discover_interpreter(action=self, interpreter_name=needed.interpreter_name,
+                                         discovery_mode=needed.discovery_mode, task_vars=use_vars)
+            if not found:
+                return None, {}
+            return found, {f"discovered_interpreter_{needed.interpreter_name}": found}
 
     def _run_directly(self, interpreter: str, args: dict) -> dict:
         done = self._low_level_execute_command(f"LC_ALL=C {shlex.quote(interpreter)} -", sudoable=True,

@@ -95,7 +95,7 @@ def test_a_missing_tool_is_a_finding_not_a_failure():
     assert drift == [f"/etc/hostname: holds no readable key, wanted {'AB' * 20}"]
 
 
-def playbook(tmp_path: Path, pipelining: bool, args: dict) -> dict:
+def playbook(tmp_path: Path, pipelining: bool, args: dict, interpreter: str | None = sys.executable) -> dict:
     book = tmp_path / f"probe-{pipelining}.yml"
     book.write_text(yaml.safe_dump([{
         "hosts": "node1", "gather_facts": False,
@@ -108,11 +108,13 @@ def playbook(tmp_path: Path, pipelining: bool, args: dict) -> dict:
                                  " hardware.ansible_facts, 'setup': setup.ansible_facts} | to_json }}",
                       "dest": str(tmp_path / f"answer-{pipelining}.json"), "mode": "0600"}}]}]))
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"node1": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    host = {"ansible_connection": "local"} | ({"ansible_python_interpreter": interpreter} if interpreter else {})
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"node1": host}}}))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_PIPELINING": str(pipelining),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+           # Discovery takes the first Python on PATH that answers `command -v`: a version manager's shims (pyenv)
+           # answer for versions they cannot run, so the discovering run sees the system's directories only.
+           "PATH": f"{BIN}:{os.environ['PATH']}" if interpreter else f"{BIN}:/usr/bin:/bin"}
     done = subprocess.run([str(BIN / "ansible-playbook"), "-vvv", "-i", str(inventory), str(book)], cwd=ANSIBLE,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
@@ -151,3 +153,16 @@ def test_the_hardware_read_gives_the_os_facts_setup_gives(tmp_path):
     same = {key for key in direct["hardware"]["gpuinfra_hardware"] if key not in ("xid_events",)}
     assert ({key: direct["hardware"]["gpuinfra_hardware"][key] for key in same}
             == {key: wrapped["hardware"]["gpuinfra_hardware"][key] for key in same})
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system Python to discover")
+def test_a_host_whose_python_is_not_known_is_asked_first_not_sent_to_the_module(tmp_path):
+    """The first read of a host without ansible_python_interpreter (the usual inventory): the direct path runs
+    ansible-core's interpreter discovery itself and records the answer as the module path would, instead of
+    falling back to the module wrapper for that read."""
+    answer = playbook(tmp_path, True, {}, interpreter=None)
+    assert not answer["wrapped"] and not answer["hardware_wrapped"]
+    # The first task (the probe) discovered it and recorded it; the hardware read after it found it known.
+    assert answer["probe"]["ansible_facts"]["discovered_interpreter_python"].startswith("/")
+    assert "discovered_interpreter_python" not in answer["hardware"]
+    assert "ansible_distribution" in answer["hardware"] and "gpuinfra_hardware" in answer["hardware"]
