@@ -19,7 +19,7 @@ roles instead of an include, an argument spec task and an assert per role (most 
 from __future__ import annotations
 
 import functools
-import importlib.util
+import sys
 from pathlib import Path
 
 import yaml
@@ -27,21 +27,17 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
+# Action plugins are loaded by path, not as a package: their shared controller code is found on sys.path.
+if (_PLUGIN_UTILS := str(Path(__file__).resolve().parents[1] / "plugin_utils")) not in sys.path:
+    sys.path.append(_PLUGIN_UTILS)
+import gpuinfra_direct  # noqa: E402
+
 ANSIBLE_DIR = Path(__file__).resolve().parents[1]
 ROLES_DIR = ANSIBLE_DIR / "roles"
-RULES_SOURCE = ANSIBLE_DIR / "module_utils" / "gpuinfra_input_rules.py"
 ARGUMENT_SPEC = {"roles": {"type": "list", "elements": "str", "required": True}}
 # The argument specs are plain data (nothing in them is templated): libyaml's loader reads them ~10 times faster
 # than ansible-core's, which tags every value with its origin and trust.
 SPEC_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-@functools.cache
-def _load_rules():
-    spec = importlib.util.spec_from_file_location("gpuinfra_input_rules", RULES_SOURCE)
-    rules = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rules)
-    return rules
 
 
 class ActionModule(ActionBase):
@@ -80,7 +76,7 @@ class ActionModule(ActionBase):
             # The ranges are checked on values of the right type only: the types first, as a role run does.
             return list(validated.error_messages)
         contract = functools.cache(lambda name: templar.template(variables[name]) if name in variables else None)
-        return list(_load_rules().RULES[role](validated.validated_parameters, contract))
+        return list(gpuinfra_direct.load("gpuinfra_input_rules").RULES[role](validated.validated_parameters, contract))
 
     def _role_variables(self, role: str, task_vars: dict) -> dict:
         """The host's variables over the role's internals over its defaults. Inside the role, task_vars already

@@ -9,28 +9,21 @@ calls the same code.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
-DIRECT_SOURCE = Path(__file__).resolve().parents[1] / "plugin_utils" / "gpuinfra_direct.py"
-
-
-def _direct():
-    """plugin_utils/gpuinfra_direct.py, loaded once per process (action plugins are loaded by path)."""
-    if "gpuinfra_direct" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gpuinfra_direct", DIRECT_SOURCE)
-        sys.modules["gpuinfra_direct"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["gpuinfra_direct"]
+# Action plugins are loaded by path, not as a package: their shared controller code is found on sys.path.
+if (_PLUGIN_UTILS := str(Path(__file__).resolve().parents[1] / "plugin_utils")) not in sys.path:
+    sys.path.append(_PLUGIN_UTILS)
+import gpuinfra_direct  # noqa: E402
 
 
 def facts_program(args: dict) -> str:
     """The program this plugin sends: the gather's source with the validated arguments embedded."""
-    return _direct().program("gpuinfra_hw", args)
+    return gpuinfra_direct.program("gpuinfra_hw", args)
 
 
-class ActionModule(_direct().DirectProgramAction):
+class ActionModule(gpuinfra_direct.DirectProgramAction):
     SOURCE = "gpuinfra_hw"
     MODULE = "ansible.legacy.gpuinfra_hw_facts"
     WHAT = "the hardware facts"

@@ -7,24 +7,19 @@ POSIX (sh) runs the module (library/gpuinfra_package_facts.py) instead; both sha
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import shlex
+import sys
 from pathlib import Path
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-DPKG_SOURCE = Path(__file__).resolve().parents[1] / "module_utils" / "gpuinfra_dpkg.py"
+# Action plugins are loaded by path, not as a package: their shared controller code is found on sys.path.
+if (_PLUGIN_UTILS := str(Path(__file__).resolve().parents[1] / "plugin_utils")) not in sys.path:
+    sys.path.append(_PLUGIN_UTILS)
+import gpuinfra_direct  # noqa: E402
+
 MODULE = "ansible.legacy.gpuinfra_package_facts"
-
-
-@functools.cache
-def _load_dpkg():
-    spec = importlib.util.spec_from_file_location("gpuinfra_dpkg", DPKG_SOURCE)
-    dpkg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dpkg)
-    return dpkg
 
 
 class ActionModule(ActionBase):
@@ -36,7 +31,7 @@ class ActionModule(ActionBase):
         self.validate_argument_spec(argument_spec={})
         if getattr(self._connection._shell, "SHELL_FAMILY", "") != "sh":
             return result | self._execute_module(module_name=MODULE, module_args={}, task_vars=task_vars)
-        dpkg = _load_dpkg()
+        dpkg = gpuinfra_direct.load("gpuinfra_dpkg")
         command = "LC_ALL=C " + " ".join(shlex.quote(word) for word in dpkg.QUERY_ARGV)
         done = self._low_level_execute_command(command, sudoable=True)
         if done["rc"] not in dpkg.QUERY_OK_RC:

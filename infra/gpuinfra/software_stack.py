@@ -11,6 +11,7 @@ unset, such as an engine's unknown memory figures, are the sizing engine's and a
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from importlib import resources
 
@@ -29,4 +30,4 @@ def _raw() -> dict:
 
 def software_document() -> dict:
     """A fresh copy of the document (callers may change theirs)."""
-    return {key: value for key, value in yaml.safe_load(yaml.safe_dump(_raw())).items() if key not in NOT_FOR_HOSTS}
+    return {key: copy.deepcopy(value) for key, value in _raw().items() if key not in NOT_FOR_HOSTS}
