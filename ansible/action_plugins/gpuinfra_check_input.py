@@ -11,9 +11,9 @@ is read or changed (no connection is opened). On success the roles are added to 
 roles' own input steps skip the same checks later in the run.
 
 The values are those the role would see: the host's variables over the role's defaults (defaults/main.yml,
-templated with the role's internals, vars/main.yml, in scope). Outside a role, ansible-core has no variables of
-a role that has not been loaded; this plugin reads its defaults itself, which is what lets one task check eleven
-roles instead of an include, an argument spec task and an assert per role (most of a no-op rerun's work).
+templated with the role's internals, vars/main.yml, in scope: plugin_utils/gpuinfra_role_scope.py). Reading
+them here is what lets one task check eleven roles instead of an include, an argument spec task and an assert
+per role (most of a no-op rerun's work).
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from ansible.plugins.action import ActionBase
 if (_PLUGIN_UTILS := str(Path(__file__).resolve().parents[1] / "plugin_utils")) not in sys.path:
     sys.path.append(_PLUGIN_UTILS)
 import gpuinfra_direct  # noqa: E402
+import gpuinfra_role_scope  # noqa: E402
 
-ANSIBLE_DIR = Path(__file__).resolve().parents[1]
-ROLES_DIR = ANSIBLE_DIR / "roles"
 ARGUMENT_SPEC = {"roles": {"type": "list", "elements": "str", "required": True}}
 # The argument specs are plain data (nothing in them is templated): libyaml's loader reads them ~10 times faster
 # than ansible-core's, which tags every value with its origin and trust.
@@ -49,9 +48,9 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         task_vars = task_vars or {}
-        unknown = [role for role in args["roles"] if not (ROLES_DIR / role / "meta" / "argument_specs.yml").is_file()]
+        unknown = [role for role in args["roles"] if not self._spec_file(role).is_file()]
         if unknown:
-            raise AnsibleActionFail(f"no role with an argument spec named {', '.join(unknown)} in {ROLES_DIR}")
+            raise AnsibleActionFail(f"no role with an argument spec named {', '.join(unknown)} in the roles path")
         errors = {role: found for role in args["roles"] if (found := self._check_role(role, task_vars))}
         result["changed"] = False
         if errors:
@@ -66,9 +65,9 @@ class ActionModule(ActionBase):
         return result
 
     def _check_role(self, role: str, task_vars: dict) -> list[str]:
-        specs = yaml.load((ROLES_DIR / role / "meta" / "argument_specs.yml").read_text(), Loader=SPEC_LOADER)
+        specs = yaml.load(self._spec_file(role).read_text(), Loader=SPEC_LOADER)
         options = specs["argument_specs"]["main"].get("options") or {}
-        templar = self._templar.copy_with_new_env(available_variables=self._role_variables(role, task_vars))
+        templar = gpuinfra_role_scope.role_templar(self._templar, self._loader, role, task_vars)
         variables = templar.available_variables
         values = templar.template({name: variables[name] for name in options if name in variables})
         validated = ArgumentSpecValidator(options).validate(values, validate_role_argument_spec=True)
@@ -78,13 +77,6 @@ class ActionModule(ActionBase):
         contract = functools.cache(lambda name: templar.template(variables[name]) if name in variables else None)
         return list(gpuinfra_direct.load("gpuinfra_input_rules").RULES[role](validated.validated_parameters, contract))
 
-    def _role_variables(self, role: str, task_vars: dict) -> dict:
-        """The host's variables over the role's internals over its defaults. Inside the role, task_vars already
-        hold the defaults and internals (with ansible-core's own precedence), which then win as they should."""
-        return {**self._role_file(role, "defaults/main.yml"), **self._role_file(role, "vars/main.yml"), **task_vars}
-
-    def _role_file(self, role: str, name: str) -> dict:
-        path = ROLES_DIR / role / name
-        if not path.is_file():
-            return {}
-        return self._loader.load_from_file(str(path), trusted_as_template=True) or {}
+    @staticmethod
+    def _spec_file(role: str) -> Path:
+        return gpuinfra_role_scope.role_dir(role) / "meta" / "argument_specs.yml"

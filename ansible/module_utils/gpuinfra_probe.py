@@ -329,3 +329,8 @@ def probe(params: dict, run: Runner) -> dict:
 def answer(params: dict) -> dict:
     """The plain-program path's entry point (plugin_utils/gpuinfra_direct.py): the probe with the local runner."""
     return probe(params, run_locally)
+
+
+def answer_each(params_by_name: dict) -> dict:
+    """Several probes in one program (the early probe of every role of a run): each name's answer."""
+    return {name: probe(params, run_locally) for name, params in params_by_name.items()}

@@ -35,14 +35,15 @@ MODULE_UTILS = Path(__file__).resolve().parents[1] / "module_utils"
 # Appended to the program's source: read the arguments, print the answer of its answer(params).
 PROGRAM_TAIL = """
 import base64 as _base64, json as _json, sys as _sys
-_sys.stdout.write(_json.dumps(answer(_json.loads(_base64.b64decode({args!r})))))
+_sys.stdout.write(_json.dumps({entry}(_json.loads(_base64.b64decode({args!r})))))
 """
 
 
-def program(source_name: str, args: dict) -> str:
-    """module_utils/<source_name>.py with the validated arguments embedded (base64 of their JSON)."""
+def program(source_name: str, args: dict, entry: str = "answer") -> str:
+    """module_utils/<source_name>.py with the validated arguments embedded (base64 of their JSON), printing
+    what its function `entry` answers for them."""
     encoded = base64.b64encode(json.dumps(args).encode()).decode()
-    return _source(source_name) + PROGRAM_TAIL.format(args=encoded)
+    return _source(source_name) + PROGRAM_TAIL.format(entry=entry, args=encoded)
 
 
 @functools.cache
@@ -71,13 +72,20 @@ class DirectProgramAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=load(self.SOURCE).ARGUMENT_SPEC)
-        interpreter, discovered = self._direct_interpreter(task_vars or {})
+        return result | self.ask(args, task_vars or {})
+
+    def ask(self, args: dict, task_vars: dict, entry: str = "answer") -> dict | None:
+        """What SOURCE's `entry` answers for the validated `args` on the host. Where the direct path is not open,
+        the module's answer for `answer`, and None for any other entry (it has no module)."""
+        interpreter, discovered = self._direct_interpreter(task_vars)
         if interpreter is None:
-            return result | self._execute_module(module_name=self.MODULE, module_args=args, task_vars=task_vars)
-        answer = self._run_directly(interpreter, args)
+            if entry != "answer":
+                return None
+            return self._execute_module(module_name=self.MODULE, module_args=args, task_vars=task_vars)
+        answer = self._run_directly(interpreter, program(self.SOURCE, args, entry))
         if discovered:  # recorded as the module path would: the host's later tasks need no discovery
             answer["ansible_facts"] = {**answer.get("ansible_facts", {}), **discovered}
-        return result | answer
+        return answer
 
     def _direct_interpreter(self, task_vars: dict) -> tuple[str | None, dict]:
         """The host's Python when the plain-program path is open (None sends the task to the module), and the
@@ -99,9 +107,9 @@ class DirectProgramAction(ActionBase):
                 return None, {}
             return found, {f"discovered_interpreter_{needed.interpreter_name}": found}
 
-    def _run_directly(self, interpreter: str, args: dict) -> dict:
+    def _run_directly(self, interpreter: str, source: str) -> dict:
         done = self._low_level_execute_command(f"LC_ALL=C {shlex.quote(interpreter)} -", sudoable=True,
-                                               in_data=program(self.SOURCE, args).encode("utf-8"))
+                                               in_data=source.encode("utf-8"))
         if done["rc"] != 0:
             raise AnsibleActionFail(f"{self.WHAT} failed on the host (rc {done['rc']}): "
                                     f"{(done.get('stderr') or done.get('stdout') or '').strip()[-2000:]}")

@@ -166,3 +166,87 @@ def test_a_host_whose_python_is_not_known_is_asked_first_not_sent_to_the_module(
     assert answer["probe"]["ansible_facts"]["discovered_interpreter_python"].startswith("/")
     assert "discovered_interpreter_python" not in answer["hardware"]
     assert "ansible_distribution" in answer["hardware"] and "gpuinfra_hardware" in answer["hardware"]
+
+
+def probing_role(tmp_path: Path) -> Path:
+    """A role that declares its probe as data (vars/main.yml), with an internal that names another, a default
+    and a template lookup: what the early probe renders in the role's scope before the role runs."""
+    role = tmp_path / "roles" / "probe_me"
+    for part in ("defaults", "vars", "tasks", "templates"):
+        (role / part).mkdir(parents=True)
+    (role / "defaults" / "main.yml").write_text(yaml.safe_dump({"probe_me_name": "world"}))
+    (role / "templates" / "greeting.j2").write_text("hello {{ probe_me_name }}\n")
+    (role / "vars" / "main.yml").write_text(yaml.safe_dump({
+        "__probe_me_file": str(tmp_path / "greeting.conf"),
+        "__probe_me_content": "{{ lookup('ansible.builtin.template', 'greeting.j2') }}",
+        "__probe_me_probe": {"files": [{"path": "{{ __probe_me_file }}", "content": "{{ __probe_me_content }}",
+                                        "mode": "0644", "owner": None, "group": None}]}}))
+    (role / "tasks" / "main.yml").write_text(yaml.safe_dump([
+        {"name": "Probe", "gpuinfra_state": {"role": "probe_me"}, "register": "probe_me_probe"},
+        {"name": "Keep the answer", "ansible.builtin.copy": {
+            "content": "{{ probe_me_probe | to_json }}", "dest": "{{ probe_me_answer }}", "mode": "0600"},
+         "delegate_to": "localhost"}]))
+    (role / "tasks" / "change.yml").write_text(yaml.safe_dump([
+        {"name": "Forget", "ansible.builtin.set_fact": {"gpuinfra_early_probe": {}}, "tags": ["always"]},
+        {"name": "Write", "ansible.builtin.copy": {"dest": "{{ __probe_me_file }}", "mode": "0644",
+                                                   "content": "{{ __probe_me_content }}"}}]))
+    return role
+
+
+def role_modes(tmp_path: Path, pipelining: bool, before_role: list[dict] | None = None):
+    """Early probe, the role reusing it, a change that forgets it, the role probing again."""
+    answers = tmp_path / f"answers-{pipelining}"
+    answers.mkdir()
+    run_role = [{"name": "Run the role", "ansible.builtin.include_role": {"name": "probe_me"},
+                 "vars": {"probe_me_answer": str(answers / f"{step}.json")}} for step in ("reused", "again")]
+    book = tmp_path / f"roles-{pipelining}.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "node1", "gather_facts": False, "tasks": [
+        {"name": "Early", "gpuinfra_state": {"roles": ["probe_me", "no_such_role"]},
+         "register": "gpuinfra_early_probe"},
+        {"name": "Keep it", "ansible.builtin.copy": {"content": "{{ gpuinfra_early_probe | to_json }}",
+                                                     "dest": str(answers / "early.json"), "mode": "0600"}},
+        *(before_role or []), run_role[0],
+        {"name": "Change", "ansible.builtin.include_role": {"name": "probe_me", "tasks_from": "change"}},
+        run_role[1]]}]))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"node1": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_PIPELINING": str(pipelining),
+           "ANSIBLE_ROLES_PATH": str(tmp_path / "roles"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "ANSIBLE_NOCOLOR": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(book),
+                           "-e", '{"gpuinfra_verify_early_probe": true}'], cwd=ANSIBLE, env=env,
+                          capture_output=True, text=True, timeout=300)
+    read = {path.stem: json.loads(path.read_text()) for path in answers.glob("*.json")}
+    return done, read
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_role_reuses_the_early_probe_until_a_change_forgets_it(tmp_path, pipelining):
+    probing_role(tmp_path)
+    done, answers = role_modes(tmp_path, pipelining)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    wanted = f"{tmp_path / 'greeting.conf'}: missing"
+    if pipelining:  # one program for every role that declares a probe; a role that does not is not probed
+        assert set(answers["early"]["roles"]) == {"probe_me"}
+        assert answers["early"]["roles"]["probe_me"]["answer"]["drifted"] == [wanted]
+        assert answers["reused"]["early_probe"] == "reused (verified)"
+    else:  # no direct path: no early probe, and the role probes itself through the module
+        assert answers["early"]["roles"] == {} and "probe_me" in answers["early"]["left_out"]
+        assert "early_probe" not in answers["reused"]
+    assert answers["reused"]["drifted"] == [wanted]
+    # The change forgot the early answer: the role asked the host again and found the file as it wrote it.
+    assert "early_probe" not in answers["again"] and answers["again"]["drifted"] == []
+    assert (tmp_path / "greeting.conf").read_text() == "hello world\n"
+
+
+def test_a_reused_answer_to_another_question_fails_the_verifying_run(tmp_path):
+    """With gpuinfra_verify_early_probe, a role whose probe renders otherwise than the early probe rendered it
+    (here: its input changed between the two) fails instead of trusting the early answer."""
+    probing_role(tmp_path)
+    changed_input = [{"name": "Another name", "ansible.builtin.set_fact": {"probe_me_name": "moon"}}]
+    done, _ = role_modes(tmp_path, True, changed_input)
+    assert done.returncode != 0
+    assert "the early probe of probe_me (playbooks/check_input.yml) asked about other items" in done.stdout
+    assert "files of __probe_me_probe differ" in done.stdout
+    assert not (tmp_path / "greeting.conf").exists()

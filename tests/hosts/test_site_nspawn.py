@@ -4,6 +4,8 @@ nothing, and the refusals (bad checksum, wrong key, no GPU) stop before anything
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.rigs.ansible_run import run_playbook
@@ -14,9 +16,25 @@ pytestmark = pytest.mark.slow
 SOFTWARE_HOLDS = {"nvidia-open-580", "libnccl2", "libnccl-dev", "nvidia-container-toolkit",
                   "nvidia-container-toolkit-base"}
 
+# Every run here checks each reuse of the early probe: the role renders its probe again, the plain way, and
+# fails where the early probe (playbooks/check_input.yml) asked about anything else.
+VERIFY_EARLY_PROBE = ("-e", '{"gpuinfra_verify_early_probe": true}')
+
+
 def run(hosts_inventory, playbook, *extra):
     hosts, inventory = hosts_inventory
-    return run_playbook(playbook, inventory, *extra, prefix=hosts.netns_exec())
+    return run_playbook(playbook, inventory, *VERIFY_EARLY_PROBE, *extra, prefix=hosts.netns_exec())
+
+
+def early_probe_reuses(output: str) -> dict[str, int]:
+    """How many roles answered from the early probe, per host (a -v run prints each task's result)."""
+    counts, host = {}, None
+    for line in output.splitlines():
+        if found := re.match(r"^(?:ok|changed|skipping): \[([^\]]+)\]", line):
+            host = found[1]
+        elif "early_probe: reused (verified)" in line and host:
+            counts[host] = counts.get(host, 0) + 1
+    return counts
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +45,7 @@ def converged(nspawn_hosts):
     check = run(nspawn_hosts, "site.yml", "--check", "--limit", fresh.name)
     after_check = written_files(fresh)
     first = run(nspawn_hosts, "site.yml")
-    second = run(nspawn_hosts, "site.yml")
+    second = run(nspawn_hosts, "site.yml", "-v")
     return {"check": check, "check_delta": after_check - before, "first": first, "second": second}
 
 
@@ -48,6 +66,16 @@ def test_second_run_changes_nothing(converged):
     second = converged["second"]
     assert second.returncode == 0, second.tail()
     assert second.changed() == {"h1": 0, "h2": 0, "h3": 0}, second.tail()
+
+
+def test_the_rerun_answers_from_one_early_probe_per_host(converged):
+    """On the no-op rerun the roles' probes are answered by check_input.yml's one probe per host: host_tuning,
+    node_expiry when enrolled, the repository, CUDA, containerd, monitoring, and NCCL's files where no EFA
+    decision is pending. Each reuse was checked against the role's own rendering (VERIFY_EARLY_PROBE)."""
+    second = converged["second"]
+    assert second.returncode == 0, second.tail()
+    reuses = early_probe_reuses(second.output)
+    assert set(reuses) == {"h1", "h2", "h3"} and min(reuses.values()) >= 5, reuses
 
 
 def test_driver_and_fabric_manager_pinned_to_one_version_and_held(converged, nspawn_hosts):
