@@ -138,9 +138,10 @@ def main() -> None:
         f"| no-op rerun / fact floor (same round, median of the rounds' ratios) | {figures['ratio']:.2f} x |",
         "",
         "Both the floor and the rerun open their SSH connections afresh (the first run's are closed first). "
-        "The rerun is a floor for every later convergence: package state is read once (one dpkg-query), each "
-        "role checks everything it manages in one probe (gpuinfra_state, run as a plain program on the host's "
-        "Python) and runs its converge tasks only when something drifted. The floor is a fixed yardstick: "
+        "The rerun is a floor for every later convergence: package state is read once (one dpkg-query), what "
+        "every role manages is checked in one probe per host (gpuinfra_state, run as a plain program on the "
+        "host's Python; a role probes again only after a change or where its probe needs what it decides as it "
+        "runs) and each role runs its converge tasks only when something drifted. The floor is a fixed yardstick: "
         "Ansible's own `setup` (min, virtual) plus the hardware read; the rerun itself does not run `setup`, "
         "as the hardware read also gives the OS facts the roles use.",
     ]

@@ -29,8 +29,9 @@ from tests.rigs.ansible_run import ANSIBLE_DIR, REPO, PlaybookRun
 BIN = REPO / ".venv" / "bin"
 ROLES = ANSIBLE_DIR / "roles"
 PLAYBOOKS = ANSIBLE_DIR / "playbooks"
-# Building blocks every layer imports; the others are the playbooks people run.
-PARTS = {"require_group.yml", "check_input.yml"}
+# Building blocks: the checks every layer imports, and each layer's play (<layer>_play.yml, which the layer and
+# site.yml import after the checks).
+PARTS = {"require_group.yml", "check_input.yml", *(p.name for p in PLAYBOOKS.glob("*_play.yml"))}
 LAYERS = sorted(p.name for p in PLAYBOOKS.glob("*.yml") if p.name not in PARTS)
 ALL_ROLES = sorted(p.name for p in ROLES.iterdir() if p.is_dir())
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (REPO / "stacks").glob("Pulumi.*.yaml"))
@@ -459,6 +460,24 @@ def test_every_role_checks_its_input_first_and_offers_a_validate_entry_point(rol
         assert main[0]["when"] == f"'{role}' not in gpuinfra_checked_roles | default([])"
     meta = yaml.safe_load((ROLES / role / "meta" / "main.yml").read_text())
     assert meta["dependencies"] == [], "a dependency would run before this role's input checks"
+
+
+def test_every_layer_checks_before_its_play_and_site_runs_the_plays_after_one_check():
+    """A layer playbook is its checks, then its play (<layer>_play.yml); site.yml runs the checks once for every
+    layer, then the layers' plays, not the layer playbooks (whose checks would run again, as empty plays)."""
+    def imports(playbook: str) -> list[str]:
+        entries = yaml.safe_load((PLAYBOOKS / playbook).read_text())
+        return [entry["ansible.builtin.import_playbook"] for entry in entries]
+    plays = set()
+    for layer in [layer for layer in LAYERS if layer != "site.yml"]:
+        *checks, play = imports(layer)
+        assert checks in (["require_group.yml", "check_input.yml"], ["require_group.yml"]), layer
+        assert play == layer.replace(".yml", "_play.yml"), layer
+        plays.add(play)
+    site = imports("site.yml")
+    assert site[:2] == ["require_group.yml", "check_input.yml"]
+    assert set(site[2:]) == plays - {"expiry_play.yml"}, "expiry.yml's role runs in host_play.yml"
+    assert {p.name for p in PLAYBOOKS.glob("*_play.yml")} == plays
 
 
 def test_site_checks_the_roles_of_every_layer():
