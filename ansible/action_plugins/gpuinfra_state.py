@@ -26,6 +26,7 @@ and fails if the early probe asked about anything else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -79,6 +80,12 @@ def render_probe(templar, role: str):
             variables[internal] = renderer.template(variables[internal])
         renderer = templar.copy_with_new_env(available_variables=variables)
     return renderer.template(variables[name])
+
+
+@functools.cache
+def _probe_validator() -> ArgumentSpecValidator:
+    """One per process: the validator deep-copies the spec it is built from."""
+    return ArgumentSpecValidator(gpuinfra_direct.load("gpuinfra_probe").ARGUMENT_SPEC)
 
 
 def digests(params: dict) -> dict[str, str]:
@@ -152,7 +159,7 @@ class ActionModule(gpuinfra_direct.DirectProgramAction):
     def _validated(role: str, spec) -> dict:
         if not isinstance(spec, dict):
             raise AnsibleActionFail(f"{spec_variable(role)} of role {role} is not a dict of the probe's options")
-        validated = ArgumentSpecValidator(gpuinfra_direct.load("gpuinfra_probe").ARGUMENT_SPEC).validate(spec)
+        validated = _probe_validator().validate(spec)
         if validated.error_messages:
             raise AnsibleActionFail(f"{spec_variable(role)} of role {role}: {'; '.join(validated.error_messages)}")
         return validated.validated_parameters

@@ -250,3 +250,37 @@ def test_a_reused_answer_to_another_question_fails_the_verifying_run(tmp_path):
     assert "the early probe of probe_me (playbooks/check_input.yml) asked about other items" in done.stdout
     assert "files of __probe_me_probe differ" in done.stdout
     assert not (tmp_path / "greeting.conf").exists()
+
+
+def test_the_template_lookup_without_the_deep_copy_renders_as_ansible_core_does(tmp_path):
+    """lookup_plugins/gpuinfra_template.py (the roles' probes render their templates with it) answers what
+    ansible.builtin.template answers, with the template's own variables, options and includes, and leaves the
+    task's variables as they were (it only skips the lookup's deep copy of them)."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "part.j2").write_text("part of {{ name }}\n")
+    (tmp_path / "templates" / "whole.j2").write_text(
+        "# {{ ansible_managed }} from {{ template_path | basename }}\n{% for item in items %}{{ item }}={{ extra }}\n"
+        "{% endfor %}{% include 'part.j2' %}[[ name ]]\n")
+    calls = {"plain": "'whole.j2', template_vars={'extra': 'x'}",
+             "brackets": "'whole.j2', variable_start_string='[[', variable_end_string=']]', template_vars={'extra': 1}"}
+    rendered = {f"{way}_{case}": f"lookup('{lookup}', {args})" for case, args in calls.items()
+                for way, lookup in (("core", "ansible.builtin.template"), ("ours", "gpuinfra_template"))}
+    content = "{{ {" + ", ".join(f"'{key}': {call}" for key, call in rendered.items()) + \
+        ", 'leaked': template_path is defined} | to_json }}"
+    book = tmp_path / "render.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False,
+                                     "vars": {"name": "node1", "items": ["a", "b"]}, "tasks": [
+        {"name": "Render both ways", "ansible.builtin.copy": {
+            "dest": str(tmp_path / "rendered.json"), "mode": "0600", "content": content}}]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "ANSIBLE_NOCOLOR": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
+                           f"ansible_python_interpreter={sys.executable}", str(book)], cwd=ANSIBLE,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    answer = json.loads((tmp_path / "rendered.json").read_text())
+    for case in calls:
+        assert answer[f"ours_{case}"] == answer[f"core_{case}"], case
+    assert answer["ours_plain"] == "# Ansible managed from whole.j2\na=x\nb=x\npart of node1[[ name ]]\n"
+    assert answer["ours_brackets"].endswith("{{ item }}={{ extra }}\npart of {{ name }}node1\n")
+    assert answer["leaked"] is False
